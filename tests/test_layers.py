@@ -1,0 +1,51 @@
+"""LRN against the formula evaluated directly in NumPy, and its place in A-LRN."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vgg_jax
+from helpers import apply, init
+
+
+def lrn_numpy(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """b_c = a_c / (k + alpha * sum over the n channels around c of a^2) ** beta."""
+    a = np.asarray(a, np.float64)
+    channels = a.shape[-1]
+    b = np.empty_like(a)
+    for c in range(channels):
+        lo, hi = max(0, c - n // 2), min(channels - 1, c + n // 2)
+        window = np.sum(a[..., lo : hi + 1] ** 2, axis=-1)
+        b[..., c] = a[..., c] / (k + alpha * window) ** beta
+    return b
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])  # 30: squares large enough for alpha to matter
+def test_lrn_matches_krizhevsky_formula(scale):
+    a = scale * np.random.default_rng(0).normal(size=(2, 5, 4, 11)).astype(np.float32)
+    np.testing.assert_allclose(vgg_jax.local_response_norm(a), lrn_numpy(a), rtol=1e-5)
+
+
+def test_lrn_with_other_constants():
+    a = 10 * np.random.default_rng(1).normal(size=(3, 2, 2, 8)).astype(np.float32)
+    got = vgg_jax.local_response_norm(a, k=1.0, size=3, alpha=1e-3, beta=0.5)
+    np.testing.assert_allclose(got, lrn_numpy(a, k=1.0, n=3, alpha=1e-3, beta=0.5), rtol=1e-5)
+
+
+def test_lrn_keeps_bfloat16():
+    a = jnp.ones((1, 2, 2, 6), jnp.bfloat16)
+    assert vgg_jax.local_response_norm(a).dtype == jnp.bfloat16
+
+
+def test_a_lrn_normalises_conv1_1_before_pool1():
+    model = vgg_jax.vgg11_lrn(width=0.25, fc_features=16, num_classes=3)
+    images = 50 * jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = init(model, images)
+    layers = ["conv1_1", "lrn1", "pool1"]
+    feats = apply(model, variables, images, layers=layers, method="extract_features")
+    np.testing.assert_allclose(feats["lrn1"], lrn_numpy(feats["conv1_1"]), rtol=1e-5, atol=1e-7)
+    pooled = np.asarray(feats["lrn1"]).reshape(2, 16, 2, 16, 2, 16).max(axis=(2, 4))
+    np.testing.assert_array_equal(feats["pool1"], pooled)
+    # LRN really changes the activations at these magnitudes, so the check above has teeth.
+    assert not np.allclose(feats["lrn1"], feats["conv1_1"], rtol=1e-3)

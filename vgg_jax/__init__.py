@@ -1,0 +1,60 @@
+"""vgg_jax: VGGNet (Simonyan & Zisserman, 2014) in JAX/Flax, every configuration of the paper.
+
+    import jax, vgg_jax
+    model = vgg_jax.vgg16(num_classes=10)
+    variables = model.init(jax.random.key(0), images)          # images: (N, 224, 224, 3)
+    logits = model.apply(variables, images)                     # classic head
+    logits = model.apply(variables, bigger_images, dense=True)  # dense-evaluation head
+    feats = model.apply(variables, images, layers=["conv3_3", "pool5"], method="extract_features")
+"""
+
+from vgg_jax.architectures import (
+    CONFIGS,
+    MODEL_NAMES,
+    LayerSpec,
+    downsampling_factor,
+    feature_names,
+    layer_specs,
+)
+from vgg_jax.initializers import INIT_SCHEMES
+from vgg_jax.layers import local_response_norm
+from vgg_jax.models import (
+    VGG,
+    create_model,
+    vgg11,
+    vgg11_bn,
+    vgg11_lrn,
+    vgg13,
+    vgg13_bn,
+    vgg16,
+    vgg16_1x1,
+    vgg16_bn,
+    vgg19,
+    vgg19_bn,
+)
+from vgg_jax.summary import count_params, layer_table
+
+__all__ = [
+    "CONFIGS",
+    "INIT_SCHEMES",
+    "MODEL_NAMES",
+    "LayerSpec",
+    "VGG",
+    "count_params",
+    "create_model",
+    "downsampling_factor",
+    "feature_names",
+    "layer_specs",
+    "layer_table",
+    "local_response_norm",
+    "vgg11",
+    "vgg11_bn",
+    "vgg11_lrn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_1x1",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+]

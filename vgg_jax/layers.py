@@ -1,0 +1,100 @@
+"""The two layers VGG needs that flax.linen does not have: LRN and FC6 as a sliding window."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+# Krizhevsky et al. (2012), the constants the paper's A-LRN uses.
+LRN_K = 2.0
+LRN_SIZE = 5
+LRN_ALPHA = 1e-4
+LRN_BETA = 0.75
+
+
+def local_response_norm(
+    x: jax.Array,
+    k: float = LRN_K,
+    size: int = LRN_SIZE,
+    alpha: float = LRN_ALPHA,
+    beta: float = LRN_BETA,
+) -> jax.Array:
+    """Local response normalisation across channels (last axis), Krizhevsky's formula.
+
+    b_c = a_c / (k + alpha * sum_{c' in the `size` channels around c} a_{c'}^2) ** beta
+
+    alpha is not divided by `size` (Caffe and torch.nn.LocalResponseNorm divide it; the
+    equivalent torch layer is LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2)). The window
+    is cut at the first and last channel. Computed in float32 whatever the input dtype, since
+    the power of a sum of squares loses too much in bfloat16.
+    """
+    if size < 1:
+        raise ValueError(f"LRN size must be a positive number of channels, got {size}.")
+    squares = jnp.square(x.astype(jnp.float32))
+    half = size // 2
+    window_sums = jax.lax.reduce_window(
+        squares,
+        0.0,
+        jax.lax.add,
+        window_dimensions=(1,) * (x.ndim - 1) + (size,),
+        window_strides=(1,) * x.ndim,
+        padding=((0, 0),) * (x.ndim - 1) + ((half, size - 1 - half),),
+    )
+    return (x.astype(jnp.float32) / (k + alpha * window_sums) ** beta).astype(x.dtype)
+
+
+def dense_shaped_init(init: Callable) -> Callable:
+    """Initialises a (h, w, c, out) FC6 kernel exactly as the (h*w*c, out) dense layer it is.
+
+    Fan-based schemes (Glorot) would otherwise count the 7x7 window in the fan-out too.
+    """
+
+    def initialize(key, shape, dtype=jnp.float32):
+        fan_in = 1
+        for size in shape[:-1]:
+            fan_in *= size
+        return init(key, (fan_in, shape[-1]), dtype).reshape(shape)
+
+    return initialize
+
+
+class SlidingFullyConnected(nn.Module):
+    """FC6: a fully connected layer over the pool5 map, stored as an (h, w, c, out) kernel.
+
+    The classic head flattens the map (H, W, C order, NHWC) and multiplies by the kernel seen
+    as a matrix; it needs the map to be exactly the size the kernel was built for. The dense
+    head slides the same kernel over a larger map as a VALID convolution (the paper's dense
+    evaluation). At init the kernel takes the spatial size of the map it is first given,
+    the way nn.Dense takes its input width.
+    """
+
+    features: int
+    kernel_init: Callable = nn.initializers.normal(0.01)
+    bias_init: Callable = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, dense: bool) -> jax.Array:
+        if self.has_variable("params", "kernel"):
+            window = self.get_variable("params", "kernel").shape[:2]
+        else:
+            window = x.shape[1:3]
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (*window, x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if dense:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        else:
+            y = x.reshape(x.shape[0], -1) @ kernel.reshape(-1, self.features)
+        return y + bias

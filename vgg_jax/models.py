@@ -1,0 +1,307 @@
+"""The VGG module: every configuration of the paper, built from the configuration table."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vgg_jax.architectures import (
+    HEAD_FEATURE_NAMES,
+    downsampling_factor,
+    feature_names,
+    layer_specs,
+    resolve_config,
+    resolve_model_name,
+)
+from vgg_jax.initializers import init_scheme
+from vgg_jax.layers import SlidingFullyConnected, dense_shaped_init, local_response_norm
+
+
+class VGG(nn.Module):
+    """VGGNet (Simonyan & Zisserman, 2014) on NHWC images.
+
+    Attributes:
+      config: the paper's configuration, "A", "A-LRN", "B", "C", "D" (VGG16) or "E" (VGG19).
+      num_classes: size of the last layer (FC8).
+      dropout_rate: dropout after the ReLUs of FC6 and FC7 while training.
+      width: multiplier on every convolution's width (0.25 gives 16, 32, 64, 128, 128).
+      fc_features: width of FC6 and FC7.
+      batch_norm: BatchNorm between every conv and its ReLU, as torchvision's *_bn models;
+        running statistics live in the "batch_stats" collection.
+      bn_momentum, bn_epsilon: Flax conventions (decay of the running average); the defaults
+        are torchvision's momentum 0.1 and eps 1e-5.
+      axis_name: the pmap axis over which BatchNorm averages its batch statistics.
+      init_scheme: "kaiming" (torchvision's, default), "paper" (N(0, 0.01)) or "glorot".
+      in_channels: channels the input must have.
+      dtype: computation dtype (e.g. jnp.bfloat16); logits are returned in float32.
+      param_dtype: storage dtype of the parameters.
+
+    Calling the module returns logits through the classic head (pool5 flattened into FC6), or
+    with dense=True through the dense-evaluation head (FC6 slid over the pool5 map as a
+    convolution, FC7/FC8 applied at every position, the class-score map averaged). Both
+    heads use the same parameters. FC6's window is the pool5 size of the input the model is
+    initialised with: 7x7 for 224x224, 1x1 for 32x32.
+    """
+
+    config: str = "D"
+    num_classes: int = 1000
+    dropout_rate: float = 0.5
+    width: float = 1.0
+    fc_features: int = 4096
+    batch_norm: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    axis_name: str | None = None
+    init_scheme: str = "kaiming"
+    in_channels: int = 3
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        resolve_config(self.config)
+        init_scheme(self.init_scheme)
+        _check_positive_int("num_classes", self.num_classes)
+        _check_positive_int("fc_features", self.fc_features)
+        _check_positive_int("in_channels", self.in_channels)
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+        if not self.width > 0:
+            raise ValueError(f"width must be a positive multiplier, got {self.width}.")
+        super().__post_init__()
+
+    def __call__(self, x: jax.Array, train: bool = False, dense: bool = False) -> jax.Array:
+        """Class logits, shape (N, num_classes), float32."""
+        logits, _ = self._forward(x, train, dense, wanted=())
+        return logits
+
+    def extract_features(
+        self,
+        x: jax.Array,
+        layers: Sequence[str],
+        train: bool = False,
+        dense: bool = False,
+    ) -> dict[str, jax.Array]:
+        """Activations of the named layers, computing no further than the deepest one.
+
+        Names are those of `vgg_jax.feature_names(config)`: conv1_1 ... (after BatchNorm and
+        ReLU), lrn1, pool1 ... pool5, flatten (classic head only), fc6 and fc7 (after ReLU,
+        before dropout) and fc8 (class scores; a score map in the dense head). Use with
+        `model.apply(variables, x, layers=[...], method="extract_features")`.
+        """
+        layers = (layers,) if isinstance(layers, str) else tuple(layers)
+        valid = feature_names(self.config)
+        unknown = [name for name in layers if name not in valid]
+        if unknown or not layers:
+            raise ValueError(
+                f"Unknown layer names {unknown} for configuration {self.config!r}; "
+                f"choose one or more of {', '.join(valid)}."
+            )
+        if dense and "flatten" in layers:
+            raise ValueError("'flatten' exists only in the classic head; ask without dense=True.")
+        return self._forward(x, train, dense, wanted=layers)[1]
+
+    @nn.compact
+    def _forward(self, x, train: bool, dense: bool, wanted: tuple[str, ...]):
+        reaches_head = not wanted or any(name in HEAD_FEATURE_NAMES for name in wanted)
+        self._check_call(x, train, dense, reaches_head)
+        scheme = init_scheme(self.init_scheme)
+        features: dict[str, jax.Array] = {}
+
+        def record(name: str, value: jax.Array) -> bool:
+            """Keeps a wanted activation; True once every wanted one is kept."""
+            if name in wanted:
+                features[name] = value
+            return bool(wanted) and len(features) == len(wanted)
+
+        x = jnp.asarray(x, self.dtype)
+        for spec in layer_specs(self.config):
+            if spec.kind == "conv":
+                x = nn.Conv(
+                    max(1, round(spec.features * self.width)),
+                    (spec.kernel_size, spec.kernel_size),
+                    padding="SAME",
+                    kernel_init=scheme.conv_kernel,
+                    bias_init=scheme.bias,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    name=spec.name,
+                )(x)
+                if self.batch_norm:
+                    x = nn.BatchNorm(
+                        use_running_average=not train,
+                        momentum=self.bn_momentum,
+                        epsilon=self.bn_epsilon,
+                        axis_name=self.axis_name,
+                        dtype=self.dtype,
+                        param_dtype=self.param_dtype,
+                        name=f"{spec.name}_bn",
+                    )(x)
+                x = nn.relu(x)
+            elif spec.kind == "lrn":
+                x = local_response_norm(x)
+            else:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            if record(spec.name, x):
+                return None, features
+
+        if not dense and record("flatten", x.reshape(x.shape[0], -1)):
+            return None, features
+        x = SlidingFullyConnected(
+            self.fc_features,
+            kernel_init=dense_shaped_init(scheme.fc_kernel),
+            bias_init=scheme.bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="fc6",
+        )(x, dense)
+        x = nn.relu(x)
+        if record("fc6", x):
+            return None, features
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = self._fc(self.fc_features, "fc7")(x)
+        x = nn.relu(x)
+        if record("fc7", x):
+            return None, features
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = self._fc(self.num_classes, "fc8")(x)
+        if record("fc8", x):
+            return None, features
+        if dense:
+            x = jnp.mean(x, axis=(1, 2))
+        return jnp.asarray(x, jnp.float32), features
+
+    def _fc(self, features: int, name: str) -> nn.Dense:
+        # On the dense head's (N, h, w, C) maps a Dense is exactly a 1x1 convolution.
+        scheme = init_scheme(self.init_scheme)
+        return nn.Dense(
+            features,
+            kernel_init=scheme.fc_kernel,
+            bias_init=scheme.bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+
+    def _check_call(self, x, train: bool, dense: bool, reaches_head: bool) -> None:
+        """Rejects a bad input or call before any computation, saying what was expected."""
+        shape = tuple(jnp.shape(x))
+        if len(shape) != 4:
+            hint = " For one image, add a batch axis: x[None]." if len(shape) == 3 else ""
+            raise ValueError(
+                f"VGG expects a batch of images shaped (N, H, W, C) (NHWC); got an array of "
+                f"shape {shape}.{hint}"
+            )
+        _, height, width, channels = shape
+        if channels != self.in_channels:
+            hint = (
+                " It looks like NCHW: transpose with x.transpose(0, 2, 3, 1)."
+                if shape[1] == self.in_channels
+                else ""
+            )
+            raise ValueError(
+                f"VGG expects {self.in_channels} channels in the last axis (NHWC); got input "
+                f"of shape {shape}.{hint}"
+            )
+        factor = downsampling_factor(self.config)
+        if height < factor or width < factor:
+            raise ValueError(
+                f"Input {height}x{width} is too small: VGG's max-pools shrink each side "
+                f"{factor}-fold, so anything under {factor}x{factor} leaves an empty pool5 map."
+            )
+        if train and self.batch_norm and not self.is_mutable_collection("batch_stats"):
+            raise ValueError(
+                "train=True updates the BatchNorm statistics: call "
+                "model.apply(variables, x, train=True, mutable=['batch_stats'], rngs=...)."
+            )
+        if not reaches_head:
+            return
+        if train and self.dropout_rate > 0 and not self.has_rng("dropout"):
+            raise ValueError(
+                "train=True applies dropout, which needs a random key: call "
+                "model.apply(..., rngs={'dropout': key}) with a new key each step."
+            )
+        fc6 = self.variables.get("params", {}).get("fc6")
+        if fc6 is None:  # initialising: FC6's window is taken from this input
+            return
+        window = tuple(fc6["kernel"].shape[:2])
+        pool5 = (height // factor, width // factor)
+        if dense and (pool5[0] < window[0] or pool5[1] < window[1]):
+            raise ValueError(
+                f"The dense head slides FC6's {window[0]}x{window[1]} window over the pool5 "
+                f"map, so it needs an input of at least {window[0] * factor}x"
+                f"{window[1] * factor}; got {height}x{width} (pool5 {pool5[0]}x{pool5[1]})."
+            )
+        if not dense and pool5 != window:
+            raise ValueError(
+                f"The classic head's FC6 was built for a {window[0]}x{window[1]} pool5 map "
+                f"({window[0] * factor}x{window[1] * factor} input), but this "
+                f"{height}x{width} input gives a {pool5[0]}x{pool5[1]} map. Use the dense head "
+                f"(model.apply(..., dense=True)) for other sizes, or initialise the model at "
+                f"this size."
+            )
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def create_model(name: str, **kwargs: Any) -> VGG:
+    """Builds a model by familiar name ("vgg16", "vgg16_bn") or paper letter ("D", "A-LRN")."""
+    config, batch_norm = resolve_model_name(name)
+    # A name that fixes batch_norm ("vgg16_bn") and a batch_norm= argument are a TypeError.
+    fixed = {"batch_norm": True} if batch_norm else {}
+    return VGG(config=config, **fixed, **kwargs)
+
+
+def vgg11(**kwargs: Any) -> VGG:
+    """Configuration A: 8 convs + 3 FC."""
+    return create_model("vgg11", **kwargs)
+
+
+def vgg11_bn(**kwargs: Any) -> VGG:
+    """Configuration A with BatchNorm after every conv."""
+    return create_model("vgg11_bn", **kwargs)
+
+
+def vgg11_lrn(**kwargs: Any) -> VGG:
+    """Configuration A-LRN: A with local response normalisation after conv1_1."""
+    return create_model("vgg11_lrn", **kwargs)
+
+
+def vgg13(**kwargs: Any) -> VGG:
+    """Configuration B: 10 convs + 3 FC."""
+    return create_model("vgg13", **kwargs)
+
+
+def vgg13_bn(**kwargs: Any) -> VGG:
+    """Configuration B with BatchNorm after every conv."""
+    return create_model("vgg13_bn", **kwargs)
+
+
+def vgg16_1x1(**kwargs: Any) -> VGG:
+    """Configuration C: 16 weight layers, the last conv of blocks 3-5 a 1x1 conv."""
+    return create_model("vgg16_1x1", **kwargs)
+
+
+def vgg16(**kwargs: Any) -> VGG:
+    """Configuration D (VGG16): 13 convs + 3 FC."""
+    return create_model("vgg16", **kwargs)
+
+
+def vgg16_bn(**kwargs: Any) -> VGG:
+    """Configuration D with BatchNorm after every conv."""
+    return create_model("vgg16_bn", **kwargs)
+
+
+def vgg19(**kwargs: Any) -> VGG:
+    """Configuration E (VGG19): 16 convs + 3 FC."""
+    return create_model("vgg19", **kwargs)
+
+
+def vgg19_bn(**kwargs: Any) -> VGG:
+    """Configuration E with BatchNorm after every conv."""
+    return create_model("vgg19_bn", **kwargs)
