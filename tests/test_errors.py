@@ -119,5 +119,7 @@ def test_unknown_feature_names(model_at_64, no_computation):
     x = jnp.zeros((1, 64, 64, 3))
     with pytest.raises(ValueError, match=r"Unknown layer names \['conv5_3'\].*conv5_2, pool5"):
         model.apply(variables, x, layers=["conv1_1", "conv5_3"], method="extract_features")
+    with pytest.raises(ValueError, match="at least one layer"):
+        model.apply(variables, x, layers=[], method="extract_features")
     with pytest.raises(ValueError, match="only in the classic head"):
         model.apply(variables, x, layers=["flatten"], dense=True, method="extract_features")

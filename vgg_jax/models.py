@@ -16,7 +16,7 @@ from vgg_jax.architectures import (
     resolve_config,
     resolve_model_name,
 )
-from vgg_jax.initializers import init_scheme
+from vgg_jax.initializers import InitScheme, init_scheme
 from vgg_jax.layers import SlidingFullyConnected, dense_shaped_init, local_response_norm
 
 
@@ -94,7 +94,9 @@ class VGG(nn.Module):
         layers = (layers,) if isinstance(layers, str) else tuple(layers)
         valid = feature_names(self.config)
         unknown = [name for name in layers if name not in valid]
-        if unknown or not layers:
+        if not layers:
+            raise ValueError(f"Ask for at least one layer: {', '.join(valid)}.")
+        if unknown:
             raise ValueError(
                 f"Unknown layer names {unknown} for configuration {self.config!r}; "
                 f"choose one or more of {', '.join(valid)}."
@@ -161,21 +163,20 @@ class VGG(nn.Module):
         if record("fc6", x):
             return None, features
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self._fc(self.fc_features, "fc7")(x)
+        x = self._fc(self.fc_features, scheme, "fc7")(x)
         x = nn.relu(x)
         if record("fc7", x):
             return None, features
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self._fc(self.num_classes, "fc8")(x)
+        x = self._fc(self.num_classes, scheme, "fc8")(x)
         if record("fc8", x):
             return None, features
         if dense:
             x = jnp.mean(x, axis=(1, 2))
         return jnp.asarray(x, jnp.float32), features
 
-    def _fc(self, features: int, name: str) -> nn.Dense:
+    def _fc(self, features: int, scheme: InitScheme, name: str) -> nn.Dense:
         # On the dense head's (N, h, w, C) maps a Dense is exactly a 1x1 convolution.
-        scheme = init_scheme(self.init_scheme)
         return nn.Dense(
             features,
             kernel_init=scheme.fc_kernel,
