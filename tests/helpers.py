@@ -30,3 +30,11 @@ def apply(model, variables, x, rngs=None, **options):
 def relative_error(actual, expected):
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+
+
+def tree_relative_error(actual, expected):
+    """relative_error over all leaves of two pytrees of the same structure, as one vector."""
+    flatten = lambda tree: np.concatenate(
+        [np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(tree)]
+    )
+    return relative_error(flatten(actual), flatten(expected))

@@ -1,0 +1,48 @@
+"""A small model, optimiser, state and batches shared by the training tests and their workers."""
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+import vgg_jax
+from vgg_jax import optim, training
+from vgg_jax.configs import get_config
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def small_config(**overrides) -> ConfigDict:
+    config = get_config()
+    config.update(
+        dict(width=1 / 16, fc_features=16, dropout_rate=0.0, batch_size=8, learning_rate=0.5,
+             lr_schedule="step", num_epochs=1)
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+def small_training_setup(batch_norm: bool, **overrides):
+    config = small_config(batch_norm=batch_norm, **overrides)
+    model = vgg_jax.create_model(
+        config.model, num_classes=10, width=config.width, fc_features=config.fc_features,
+        dropout_rate=config.dropout_rate, init_scheme="glorot", batch_norm=batch_norm,
+    )  # fmt: skip
+    model = training.model_for_training(model)
+    tx = optim.make_optimizer(config, steps_per_epoch=10)
+    state = training.create_train_state(model, tx, optim.init_plateau(config), IMAGE_SHAPE, 0)
+    return model, tx, state
+
+
+def global_batches(steps: int = 3, batch_size: int = 8):
+    rng = np.random.default_rng(42)
+    for _ in range(steps):
+        images = rng.normal(size=(batch_size, *IMAGE_SHAPE)).astype(np.float32)
+        yield images, rng.integers(0, 10, size=batch_size).astype(np.int32)
+
+
+def flat_arrays(tree) -> dict:
+    """{"params/conv1_1/kernel": array, ...} for a pytree of nested dicts."""
+    return {
+        "/".join(key.key for key in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }

@@ -1,0 +1,78 @@
+"""Train a VGG. `python train.py` trains the offline default, a narrow VGG-A on scikit-learn's
+digits, on this machine; `--config=FILE` picks another configuration and `--config.KEY=VALUE`
+overrides any of its fields. Rerunning the same command resumes from the work directory.
+
+Several hosts: start one process per host with --distributed (coordinator, process count and id
+from --coordinator_address/--num_processes/--process_id, or from the cluster's environment).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vgg_jax.trainer import TrainingError, train_and_evaluate
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "vgg_jax" / "configs" / "default.py"
+
+config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Training configuration file.")
+flags.DEFINE_string("workdir", "runs/default", "Folder for checkpoints, logs and TensorBoard.")
+flags.DEFINE_bool("distributed", False, "Join a multi-host run with jax.distributed.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax and tfds report every file at INFO
+    if FLAGS.distributed:
+        # CPU-only runs (tests, laptops) need a collectives backend across processes.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    try:
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    if jax.process_index() == 0:
+        print(format_summary(summary))
+    if summary["interrupted_by"]:
+        sys.exit(128 + signal.Signals[summary["interrupted_by"]].value)
+
+
+def format_summary(summary: dict) -> str:
+    minutes, seconds = divmod(summary["wall_time_seconds"], 60)
+    lines = []
+    if summary["interrupted_by"]:
+        lines.append(
+            f"Stopped by {summary['interrupted_by']} at step {summary['step']}; a checkpoint is "
+            f"saved: rerun the same command to resume."
+        )
+    if summary["best_top1_accuracy"] is not None:
+        top1, top5 = summary["best_top1_accuracy"], summary["best_top5_accuracy"]
+        lines.append(
+            f"Best evaluation (step {summary['best_step']}): top-1 accuracy {100 * top1:.2f}% "
+            f"(error {100 * (1 - top1):.2f}%), top-5 accuracy {100 * top5:.2f}% "
+            f"(error {100 * (1 - top5):.2f}%)."
+        )
+    lines.append(
+        f"{summary['step']} steps, wall time {int(minutes)}m{seconds:04.1f}s; checkpoints, logs "
+        f"and TensorBoard in {summary['workdir']}."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,110 @@
+"""Checkpoints with orbax-checkpoint: the last K, plus the best by validation accuracy.
+
+Orbax writes each checkpoint into a temporary folder and renames it into place when
+complete, so a crash during a save never leaves the latest checkpoint half-written. A
+checkpoint holds the train state (host NumPy arrays, written by the primary process of a
+multi-host run, every process taking part) and a JSON record: the config, the epoch and the
+validation metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any, Callable
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
+
+BEST_METRIC = "top1_accuracy"
+
+
+class Checkpoints:
+    def __init__(self, directory: str | pathlib.Path, keep: int = 3):
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {keep}.")
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=AnyPreservationPolicy(
+                [
+                    LatestN(n=keep),
+                    BestN(
+                        get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+                        n=1,
+                        keep_checkpoints_without_metrics=False,
+                    ),
+                ]
+            ),
+            cleanup_tmp_directories=True,  # what a crash mid-save left behind
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
+        """Saves `state` (host arrays) at `step`; `metrics` rank it for 'best'."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def restore(self, step: int, target: Any) -> tuple[Any, dict]:
+        """The state saved at `step`, shaped like `target`, and its JSON record."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.record
+
+    def restore_latest(
+        self, target: Any, check_record: Callable[[dict], None] = lambda record: None
+    ) -> tuple[Any, dict] | None:
+        """The newest readable checkpoint, falling back past unreadable ones; None if none.
+
+        `check_record` sees each checkpoint's record before its arrays are read, and may raise
+        to refuse it (a checkpoint of another configuration is refused, not skipped).
+        """
+        for step in reversed(self.steps()):
+            try:
+                record = self.record(step)
+            except Exception as error:  # orbax raises many types for a damaged checkpoint
+                self._warn_unreadable(step, error)
+                continue
+            check_record(record)
+            try:
+                return self.restore(step, target)
+            except Exception as error:
+                self._warn_unreadable(step, error)
+        return None
+
+    def _warn_unreadable(self, step: int, error: Exception) -> None:
+        logging.getLogger("vgg_jax").warning(
+            "Checkpoint at step %d in %s is unreadable (%s: %s); trying the one before.",
+            step,
+            self.directory,
+            type(error).__name__,
+            error,
+        )
+
+    def record(self, step: int) -> dict:
+        """The JSON record of a checkpoint, without reading its arrays."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+        )
+        return restored.record
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,163 @@
+"""Training and evaluation data through tensorflow-datasets and tf.data.
+
+Each process reads its own share of a split (tfds.split_for_jax_process) and yields NumPy
+batches shaped (local devices, per-device batch, ...) for the pmapped steps. Training batches
+come in a fixed order per (seed, epoch), so a run resumed mid-epoch sees exactly the batches an
+uninterrupted run would. Evaluation sees every example once: the last batch is padded and the
+padding masked out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vgg_jax.datasets import SklearnDigits
+
+# ImageNet's mean and standard deviation per RGB channel, on the 0-255 scale.
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+# Data sets vgg_jax builds itself, by the name a config uses.
+LOCAL_BUILDERS = {"digits": SklearnDigits}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    train_examples: int
+    eval_examples: int
+
+
+def keep_tensorflow_off_accelerators() -> None:
+    """tf.data runs on the host; left alone, TensorFlow would take GPU memory from JAX."""
+    tf.config.set_visible_devices([], "GPU")
+
+
+def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of a data set, prepared (built or downloaded) on first use."""
+    keep_tensorflow_off_accelerators()
+    if name in LOCAL_BUILDERS:
+        builder = LOCAL_BUILDERS[name](data_dir=data_dir)
+    else:
+        builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+    return builder
+
+
+def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
+    """Classes, image shape and split sizes, from the data set's own metadata."""
+    features = builder.info.features
+    for split in (train_split, eval_split):
+        if split not in builder.info.splits:
+            raise ValueError(
+                f"Data set {builder.name!r} has no split {split!r}; it has "
+                f"{', '.join(builder.info.splits)}."
+            )
+    return DatasetInfo(
+        name=builder.name,
+        num_classes=features["label"].num_classes,
+        image_shape=tuple(features["image"].shape),
+        train_examples=builder.info.splits[train_split].num_examples,
+        eval_examples=builder.info.splits[eval_split].num_examples,
+    )
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+    """uint8 RGB to float32, mean subtracted and scaled per channel."""
+    image = tf.cast(image, tf.float32)
+    return (image - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
+
+
+def _prepare(example: dict) -> dict:
+    return {"image": normalize(example["image"]), "label": tf.cast(example["label"], tf.int32)}
+
+
+def _to_devices(batch: dict) -> dict:
+    devices = jax.local_device_count()
+    return {key: value.reshape(devices, -1, *value.shape[1:]) for key, value in batch.items()}
+
+
+def local_batch_size(global_batch_size: int) -> int:
+    """This process's share of a global batch, which must split evenly over all devices."""
+    if global_batch_size % jax.device_count():
+        raise ValueError(
+            f"batch_size {global_batch_size} does not split evenly over {jax.device_count()} "
+            f"devices; use a multiple of {jax.device_count()}."
+        )
+    return global_batch_size // jax.process_count()
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    """Full training batches per epoch (each process's share is equal; the rest is dropped)."""
+    per_process = num_examples // jax.process_count()
+    steps = per_process // local_batch_size(global_batch_size)
+    if steps == 0:
+        raise ValueError(
+            f"batch_size {global_batch_size} is larger than the {num_examples} training examples."
+        )
+    return steps
+
+
+def train_batches(
+    builder,
+    split: str,
+    global_batch_size: int,
+    epoch: int,
+    seed: int,
+    skip_batches: int = 0,
+    shuffle_buffer_size: int = 16_384,
+) -> Iterator[dict]:
+    """One epoch of shuffled training batches for this process, from batch `skip_batches` on."""
+    ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=True))
+    ds = ds.shuffle(
+        shuffle_buffer_size,
+        seed=seed * 100_003 + epoch,  # a new fixed order every epoch
+        reshuffle_each_iteration=False,
+    )
+    ds = ds.map(_prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch_size(global_batch_size), drop_remainder=True)
+    ds = ds.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
+    for batch in tfds.as_numpy(ds):
+        yield _to_devices(batch)
+
+
+def eval_batches(builder, split: str, global_batch_size: int) -> Iterator[dict]:
+    """Every example of this process's share once, padded to full batches with mask 0.
+
+    Every process yields the same number of batches, so the cross-device sums never wait.
+    """
+    batch_size = local_batch_size(global_batch_size)
+    total = builder.info.splits[split].num_examples
+    num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch_size)
+    ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=False))
+    ds = ds.map(_prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    batches = iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
+    image_shape = tuple(builder.info.features["image"].shape)
+    for _ in range(num_batches):
+        batch = next(batches, None)
+        if batch is None:
+            batch = {
+                "image": np.zeros((0, *image_shape), np.float32),
+                "label": np.zeros((0,), np.int32),
+            }
+        yield _to_devices(_pad(batch, batch_size))
+
+
+def _pad(batch: dict, batch_size: int) -> dict:
+    real = len(batch["label"])
+    padding = batch_size - real
+    padded = {
+        key: np.concatenate([value, np.zeros((padding, *value.shape[1:]), value.dtype)])
+        for key, value in batch.items()
+    }
+    padded["mask"] = np.concatenate([np.ones(real, np.float32), np.zeros(padding, np.float32)])
+    return padded

@@ -1,0 +1,346 @@
+"""The training loop behind train.py: train_and_evaluate(config, workdir).
+
+It resumes from the newest readable checkpoint in `workdir`, trains with the pmapped steps of
+vgg_jax.training, evaluates at the end of every epoch, and saves every
+`checkpoint_every_steps` steps and after every evaluation. Ctrl-C or SIGTERM finish the
+current step, save, and return; a loss or parameter that turns NaN stops the run before it can
+reach a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from vgg_jax import input_pipeline, optim
+from vgg_jax.checkpoints import Checkpoints
+from vgg_jax.models import VGG, create_model
+from vgg_jax.training import (
+    create_train_state,
+    model_for_training,
+    pmapped_steps,
+    replicate,
+    unreplicate,
+)
+
+# A checkpoint can only be resumed by a run that builds the same network on the same data.
+ARCHITECTURE_KEYS = ("model", "width", "fc_features", "batch_norm", "init_scheme", "dataset")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+logger = logging.getLogger("vgg_jax")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+def compute_dtype(name: str):
+    """bfloat16 compute on GPU/TPU and float32 on CPU for "auto"; float32 parameters always."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    if name not in DTYPES:
+        raise TrainingError(f"Unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def validate_config(config) -> None:
+    """Rejects a config that cannot work, before any data is read or anything compiled."""
+    if config.lr_schedule not in optim.SCHEDULES:
+        raise TrainingError(
+            f"Unknown lr_schedule {config.lr_schedule!r}; choose one of "
+            f"{', '.join(optim.SCHEDULES)}."
+        )
+    for key in ("batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise TrainingError(f"config.{key} must be a positive integer, got {config[key]!r}.")
+    if config.batch_size % jax.device_count():
+        raise TrainingError(
+            f"config.batch_size={config.batch_size} does not split evenly over the "
+            f"{jax.device_count()} devices; use a multiple of {jax.device_count()}."
+        )
+    compute_dtype(config.dtype)
+
+
+def build_model(config, num_classes: int) -> VGG:
+    return create_model(
+        config.model,
+        num_classes=num_classes,
+        width=config.width,
+        fc_features=config.fc_features,
+        dropout_rate=config.dropout_rate,
+        init_scheme=config.init_scheme,
+        dtype=compute_dtype(config.dtype),
+        **({"batch_norm": True} if config.batch_norm else {}),
+    )
+
+
+def check_same_architecture(record: dict, config, directory: pathlib.Path) -> None:
+    saved = record.get("config", {})
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, this run {config[key]!r}"
+        for key in ARCHITECTURE_KEYS
+        if saved.get(key) != config[key]
+    ]
+    if differences:
+        raise TrainingError(
+            f"{directory} holds checkpoints of another configuration ("
+            + "; ".join(differences)
+            + "). Use another --workdir, or delete that folder to start over."
+        )
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turns SIGINT/SIGTERM into a request to stop after the current step (a second one
+    interrupts at once). Yields a dict whose "signal" is set when a stop was asked for."""
+    request: dict[str, Any] = {"signal": None}
+
+    def handler(signum, frame):
+        if request["signal"] is not None:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+        logger.warning("%s received: saving a checkpoint after this step.", request["signal"])
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = {}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler]:
+    """Our messages to the console and workdir/train.log, from the main process only."""
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # absl's root handler would print them twice
+    if not is_main:
+        return []
+    to_file = logging.FileHandler(workdir / "train.log")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_console = logging.StreamHandler()
+    to_console.setFormatter(logging.Formatter("%(message)s"))
+    for handler in (to_file, to_console):
+        logger.addHandler(handler)
+    return [to_file, to_console]
+
+
+def evaluate(p_eval_step, state, builder, split: str, batch_size: int) -> dict[str, float]:
+    """Loss and top-1/top-5 accuracy over every example of `split`."""
+    totals = None
+    for batch in input_pipeline.eval_batches(builder, split, batch_size):
+        sums = p_eval_step(state, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(flax.jax_utils.unreplicate(totals))
+    count = totals["count"]
+    return {
+        "loss": float(totals["loss"] / count),
+        "top1_accuracy": float(totals["top1_correct"] / count),
+        "top5_accuracy": float(totals["top5_correct"] / count),
+    }
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
+    """Trains `config` in `workdir`, resuming from its checkpoints; returns a summary."""
+    started = time.time()
+    validate_config(config)
+    workdir = pathlib.Path(workdir).absolute()
+    is_main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_handlers = _setup_logging(workdir, is_main)
+    writer = None
+    checkpoints = None
+    try:
+        builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
+        info = input_pipeline.describe(builder, config.train_split, config.eval_split)
+        steps_per_epoch = input_pipeline.steps_per_epoch(info.train_examples, config.batch_size)
+        total_steps = config.num_epochs * steps_per_epoch
+        if config.max_steps:
+            total_steps = min(total_steps, config.max_steps)
+
+        model = model_for_training(build_model(config, info.num_classes))
+        tx = optim.make_optimizer(config, steps_per_epoch)
+        schedule = optim.learning_rate_schedule(config, steps_per_epoch)
+        state = jax.device_get(
+            create_train_state(
+                model, tx, optim.init_plateau(config), info.image_shape, config.seed
+            )
+        )
+
+        checkpoints = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
+        record: dict[str, Any] = {"best": None}
+        restored = checkpoints.restore_latest(
+            state, lambda saved: check_same_architecture(saved, config, checkpoints.directory)
+        )
+        if restored is not None:
+            state, record = restored
+            logger.info("Resumed from step %d in %s.", int(state.step), checkpoints.directory)
+        step = int(state.step)
+        if is_main:
+            (workdir / "config.json").write_text(config.to_json(indent=2))
+            from flax.metrics import tensorboard  # imports TensorBoard: only where it writes
+
+            writer = tensorboard.SummaryWriter(str(workdir / "tensorboard"))
+        logger.info(
+            "%s on %s: %d train / %d eval examples, %d classes, %s images; %d steps per "
+            "epoch, %d devices, %s compute.",
+            config.model, info.name, info.train_examples, info.eval_examples,
+            info.num_classes, "x".join(map(str, info.image_shape)), steps_per_epoch,
+            jax.device_count(), jnp.dtype(model.dtype).name,
+        )  # fmt: skip
+
+        p_train_step, p_eval_step = pmapped_steps(model, tx)
+        replicated = replicate(state)
+        pending: list[dict] = []
+        interval_start, interval_steps = time.perf_counter(), 0
+
+        def flush_train_metrics() -> None:
+            """Fetches the metrics of the steps since the last call, refusing a NaN loss."""
+            nonlocal pending, interval_start, interval_steps
+            if not pending:
+                return
+            fetched = jax.device_get([flax.jax_utils.unreplicate(m) for m in pending])
+            first_step = step - len(fetched) + 1
+            for offset, metrics in enumerate(fetched):
+                if not np.isfinite(metrics["loss"]):
+                    raise TrainingError(_nan_message(first_step + offset, checkpoints))
+            elapsed = time.perf_counter() - interval_start
+            summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+            summary["learning_rate"] = optim.learning_rate_at(schedule, step - 1, replicated)
+            summary["images_per_second"] = interval_steps * config.batch_size / elapsed
+            if writer is not None:
+                for key, value in summary.items():
+                    writer.scalar(f"train/{key}", value, step)
+            progress.set_postfix(
+                loss=f"{summary['loss']:.4f}", img_s=f"{summary['images_per_second']:.0f}"
+            )
+            pending, interval_start, interval_steps = [], time.perf_counter(), 0
+
+        def save(metrics: dict | None = None) -> None:
+            flush_train_metrics()
+            host_state = unreplicate(replicated)
+            if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(host_state.params)):
+                raise TrainingError(_nan_message(step, checkpoints))
+            record.update(config=config.to_dict(), step=step, metrics=metrics)
+            checkpoints.save(step, host_state, record, metrics)
+
+        with stop_requests() as stop:
+            while step < total_steps and stop["signal"] is None:
+                epoch, skip = divmod(step, steps_per_epoch)
+                epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+                batches = input_pipeline.train_batches(
+                    builder, config.train_split, config.batch_size, epoch, config.seed,
+                    skip_batches=skip, shuffle_buffer_size=config.shuffle_buffer_size,
+                )  # fmt: skip
+                progress = tqdm(
+                    total=steps_per_epoch, initial=skip, unit="step", disable=not is_main,
+                    desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True,
+                )  # fmt: skip
+                device_batches = flax.jax_utils.prefetch_to_device(
+                    itertools.islice(batches, epoch_end - step), 2
+                )
+                for batch in device_batches:
+                    replicated, metrics = p_train_step(replicated, batch)
+                    step += 1
+                    interval_steps += 1
+                    pending.append(metrics)
+                    progress.update()
+                    if step % config.log_every_steps == 0 or step == epoch_end:
+                        flush_train_metrics()
+                    if stop["signal"] is not None:
+                        break
+                    if step % config.checkpoint_every_steps == 0 and step != epoch_end:
+                        save()
+                progress.close()
+                if step % steps_per_epoch == 0 and stop["signal"] is None:
+                    metrics = evaluate(
+                        p_eval_step, replicated, builder, config.eval_split, config.batch_size
+                    )
+                    replicated = _after_evaluation(config, replicated, metrics)
+                    if record["best"] is None or (
+                        metrics["top1_accuracy"] > record["best"]["top1_accuracy"]
+                    ):
+                        record["best"] = {**metrics, "step": step}
+                    _report_evaluation(writer, step, epoch, metrics, replicated, schedule)
+                    save(metrics)
+                elif step == total_steps or stop["signal"] is not None:
+                    save()
+        checkpoints.wait()
+        return _summary(record, step, total_steps, stop["signal"], started, workdir)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+        if writer is not None:
+            writer.close()
+        for handler in log_handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _after_evaluation(config, replicated, metrics: dict):
+    """The paper's schedule: one plateau step per evaluation, fed the top-1 error."""
+    if config.lr_schedule != "paper":
+        return replicated
+    plateau = jax.device_get(flax.jax_utils.unreplicate(replicated.plateau))
+    new_plateau = optim.update_plateau(config, plateau, 1.0 - metrics["top1_accuracy"])
+    if float(new_plateau.scale) < float(plateau.scale):
+        logger.info("Validation accuracy stopped improving: learning rate divided by 10.")
+    return replicated.replace(plateau=replicate(new_plateau))
+
+
+def _report_evaluation(writer, step: int, epoch: int, metrics: dict, replicated, schedule):
+    logger.info(
+        "epoch %d, step %d: eval loss %.4f, top-1 %.2f%%, top-5 %.2f%%",
+        epoch + 1, step, metrics["loss"],
+        100 * metrics["top1_accuracy"], 100 * metrics["top5_accuracy"],
+    )  # fmt: skip
+    if writer is not None:
+        for key, value in metrics.items():
+            writer.scalar(f"eval/{key}", value, step)
+        writer.scalar("train/learning_rate", optim.learning_rate_at(schedule, step, replicated), step)
+        writer.flush()
+
+
+def _nan_message(step: int, checkpoints: Checkpoints) -> str:
+    steps = checkpoints.steps()
+    kept = (
+        f"the last good checkpoint (step {steps[-1]}) in {checkpoints.directory} is intact"
+        if steps
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"The loss became NaN or infinite at step {step}: training stopped, and {kept}. "
+        f"Lower config.learning_rate or set config.grad_clip_norm, then rerun."
+    )
+
+
+def _summary(record, step, total_steps, signal_name, started, workdir) -> dict:
+    best = record.get("best") or {}
+    summary = {
+        "step": step,
+        "finished": step >= total_steps,
+        "interrupted_by": signal_name,
+        "best_top1_accuracy": best.get("top1_accuracy"),
+        "best_top5_accuracy": best.get("top5_accuracy"),
+        "best_step": best.get("step"),
+        "wall_time_seconds": time.time() - started,
+        "workdir": str(workdir),
+    }
+    if jax.process_index() == 0:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
