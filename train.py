@@ -55,7 +55,9 @@ def main(argv: list[str]) -> None:
 def format_summary(summary: dict) -> str:
     minutes, seconds = divmod(summary["wall_time_seconds"], 60)
     lines = []
-    if summary["interrupted_by"]:
+    if summary["interrupted_by"] and summary["step"] == 0:
+        lines.append(f"Stopped by {summary['interrupted_by']} before the first step.")
+    elif summary["interrupted_by"]:
         lines.append(
             f"Stopped by {summary['interrupted_by']} at step {summary['step']}; a checkpoint is "
             f"saved: rerun the same command to resume."

@@ -19,17 +19,24 @@ from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, L
 BEST_METRIC = "top1_accuracy"
 
 
+def _best_metric(metrics: dict) -> float:
+    return metrics[BEST_METRIC]
+
+
 class Checkpoints:
     def __init__(self, directory: str | pathlib.Path, keep: int = 3):
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep}.")
         self.directory = pathlib.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
+            # best_fn ranks checkpoints for best_step(); the policy decides what is kept.
+            best_fn=_best_metric,
+            best_mode="max",
             preservation_policy=AnyPreservationPolicy(
                 [
                     LatestN(n=keep),
                     BestN(
-                        get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+                        get_metric_fn=_best_metric,
                         n=1,
                         keep_checkpoints_without_metrics=False,
                     ),
