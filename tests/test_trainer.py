@@ -5,6 +5,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,3 +180,32 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(digits_dir, tmp_path):
     rerun = run_train_py(*args, f"--config.max_steps={stopped_at + 3}", env=TINY_TRAIN_PY_ENV)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Resumed from step {stopped_at}" in log.read_text()
+
+
+def test_train_py_on_two_processes(digits_dir, tmp_path):
+    """Two processes x 2 CPU devices: per-process data, one log, collective checkpoints."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**TINY_TRAIN_PY_ENV, "XLA_FLAGS": TINY_TRAIN_PY_ENV["XLA_FLAGS"]
+           + " --xla_force_host_platform_device_count=2"}  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), "--distributed",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+             f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.width=0.0625",
+             "--config.fc_features=32", "--config.max_steps=25", "--config.keep_checkpoints=5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs[0][-3000:]
+    log = (tmp_path / "train.log").read_text()
+    # 1,438 examples: 719 per process, 22 batches of 32 each per epoch, on 4 devices in all.
+    assert "22 steps per epoch, 4 devices" in log and "epoch 1, step 22: eval" in log
+    assert "Best evaluation" in outputs[0] and "Best evaluation" not in outputs[1]
+    store = Checkpoints(tmp_path / "checkpoints")
+    assert store.steps() == [22, 25]
+    store.close()
+    assert int(saved_state(tmp_path)["step"]) == 25

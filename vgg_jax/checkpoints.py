@@ -29,9 +29,6 @@ class Checkpoints:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep}.")
         self.directory = pathlib.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            # best_fn ranks checkpoints for best_step(); the policy decides what is kept.
-            best_fn=_best_metric,
-            best_mode="max",
             preservation_policy=AnyPreservationPolicy(
                 [
                     LatestN(n=keep),
@@ -61,7 +58,10 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The kept checkpoint with the best validation accuracy (None if none was evaluated)."""
+        scored = [(self.record(step).get("metrics"), step) for step in self.steps()]
+        scored = [(_best_metric(metrics), step) for metrics, step in scored if metrics]
+        return max(scored)[1] if scored else None
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict]:
         """The state saved at `step`, shaped like `target`, and its JSON record."""
