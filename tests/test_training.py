@@ -23,19 +23,21 @@ TESTS = pathlib.Path(__file__).resolve().parent
 
 
 @functools.cache
-def setup(batch_norm):
-    return small_training_setup(batch_norm=batch_norm)
+def setup(batch_norm, dropout_rate=0.0):
+    return small_training_setup(batch_norm=batch_norm, dropout_rate=dropout_rate)
 
 
-def one_step_on(devices, batch_norm):
+def one_step_on(devices, batch_norm, dropout_rate=0.0, same_data_everywhere=False):
     """One library train step on the first `devices` CPU devices, the same global batch."""
-    model, tx, state = setup(batch_norm)
+    model, tx, state = setup(batch_norm, dropout_rate)
     p_train_step = jax.pmap(
         lambda s, b: training.train_step(s, b, model=model, tx=tx),
         axis_name=training.AXIS_NAME,
         devices=jax.devices()[:devices],
     )
     images, labels = next(global_batches())
+    if same_data_everywhere:  # every device gets the first quarter of the batch
+        images, labels = np.tile(images[:2], (devices, 1, 1, 1)), np.tile(labels[:2], devices)
     batch = {
         "image": images.reshape(devices, -1, *images.shape[1:]),
         "label": labels.reshape(devices, -1),
@@ -57,6 +59,24 @@ def test_pmap_step_on_four_devices_equals_one_device(batch_norm):
     # The step really moved the parameters, far beyond the tolerance above.
     _, _, start = setup(batch_norm)
     assert tree_relative_error(one.params, start.params) > 1e-4
+
+
+def test_dropout_masks_differ_between_devices_and_steps():
+    """Devices given the same data still drop different units, so they do not average to one
+    device's step; and a second step draws new masks."""
+    model, tx, state = setup(False, 0.5)
+    four, _ = one_step_on(4, False, dropout_rate=0.5, same_data_everywhere=True)
+    one, _ = one_step_on(1, False, dropout_rate=0.5, same_data_everywhere=True)
+    assert tree_relative_error(four.params, one.params) > 1e-4
+    # The same state and batch at another step number gives another update.
+    images, labels = next(global_batches())
+    batch = {"image": images[None, :2], "label": labels[None, :2]}
+    step = jax.pmap(lambda s, b: training.train_step(s, b, model=model, tx=tx),
+                    axis_name=training.AXIS_NAME, devices=jax.devices()[:1])  # fmt: skip
+    replicated = jax.tree.map(lambda x: np.stack([x]), jax.device_get(state))
+    at_0, _ = step(replicated, batch)
+    at_7, _ = step(replicated.replace(step=replicated.step + 7), batch)
+    assert tree_relative_error(at_0.params, at_7.params) > 1e-6
 
 
 def free_port() -> int:

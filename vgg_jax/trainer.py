@@ -238,6 +238,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 raise TrainingError(_nan_message(step, checkpoints))
             record.update(config=config.to_dict(), step=step, metrics=metrics)
             checkpoints.save(step, host_state, record, metrics)
+            restart_throughput_clock()
+
+        def restart_throughput_clock() -> None:
+            """Images/s counts training steps only, not evaluation or saving."""
+            nonlocal interval_start
+            interval_start = time.perf_counter()
 
         with stop_requests() as stop:
             while step < total_steps and stop["signal"] is None:
@@ -254,6 +260,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 device_batches = flax.jax_utils.prefetch_to_device(
                     itertools.islice(batches, epoch_end - step), 2
                 )
+                restart_throughput_clock()
                 for batch in device_batches:
                     replicated, metrics = p_train_step(replicated, batch)
                     step += 1
