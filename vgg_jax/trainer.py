@@ -155,6 +155,45 @@ def evaluate(p_eval_step, state, builder, split: str, batch_size: int) -> dict[s
     }
 
 
+class TrainLog:
+    """Train metrics between log points: NaN check, averages, images/s, TensorBoard.
+
+    Metrics stay on the devices until flushed, so logging does not stall every step.
+    """
+
+    def __init__(self, writer, batch_size: int, checkpoints: Checkpoints):
+        self.writer, self.batch_size, self.checkpoints = writer, batch_size, checkpoints
+        self.pending: list[dict] = []
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Images/s counts training steps only: restarted after evaluating or saving."""
+        self.clock_started = time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        self.pending.append(metrics)
+
+    def flush(self, step: int, learning_rate: float) -> dict | None:
+        """Averages of the steps since the last flush, ending at `step`; None if none."""
+        if not self.pending:
+            return None
+        fetched = jax.device_get([flax.jax_utils.unreplicate(m) for m in self.pending])
+        first_step = step - len(fetched) + 1
+        for offset, metrics in enumerate(fetched):
+            if not np.isfinite(metrics["loss"]):
+                raise TrainingError(_nan_message(first_step + offset, self.checkpoints))
+        elapsed = time.perf_counter() - self.clock_started
+        summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+        summary["learning_rate"] = learning_rate
+        summary["images_per_second"] = len(fetched) * self.batch_size / elapsed
+        if self.writer is not None:
+            for key, value in summary.items():
+                self.writer.scalar(f"train/{key}", value, step)
+        self.pending = []
+        self.restart_clock()
+        return summary
+
+
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir`, resuming from its checkpoints; returns a summary."""
     started = time.time()
@@ -206,44 +245,24 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
         p_train_step, p_eval_step = pmapped_steps(model, tx)
         replicated = replicate(state)
-        pending: list[dict] = []
-        interval_start, interval_steps = time.perf_counter(), 0
+        train_log = TrainLog(writer, config.batch_size, checkpoints)
 
-        def flush_train_metrics() -> None:
-            """Fetches the metrics of the steps since the last call, refusing a NaN loss."""
-            nonlocal pending, interval_start, interval_steps
-            if not pending:
-                return
-            fetched = jax.device_get([flax.jax_utils.unreplicate(m) for m in pending])
-            first_step = step - len(fetched) + 1
-            for offset, metrics in enumerate(fetched):
-                if not np.isfinite(metrics["loss"]):
-                    raise TrainingError(_nan_message(first_step + offset, checkpoints))
-            elapsed = time.perf_counter() - interval_start
-            summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            summary["learning_rate"] = optim.learning_rate_at(schedule, step - 1, replicated)
-            summary["images_per_second"] = interval_steps * config.batch_size / elapsed
-            if writer is not None:
-                for key, value in summary.items():
-                    writer.scalar(f"train/{key}", value, step)
-            progress.set_postfix(
-                loss=f"{summary['loss']:.4f}", img_s=f"{summary['images_per_second']:.0f}"
-            )
-            pending, interval_start, interval_steps = [], time.perf_counter(), 0
+        def log_train_metrics() -> None:
+            learning_rate = optim.learning_rate_at(schedule, step - 1, replicated)
+            summary = train_log.flush(step, learning_rate)
+            if summary is not None:
+                progress.set_postfix(
+                    loss=f"{summary['loss']:.4f}", img_s=f"{summary['images_per_second']:.0f}"
+                )
 
         def save(metrics: dict | None = None) -> None:
-            flush_train_metrics()
+            log_train_metrics()  # refuses a NaN loss before anything is written
             host_state = unreplicate(replicated)
             if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(host_state.params)):
                 raise TrainingError(_nan_message(step, checkpoints))
             record.update(config=config.to_dict(), step=step, metrics=metrics)
             checkpoints.save(step, host_state, record, metrics)
-            restart_throughput_clock()
-
-        def restart_throughput_clock() -> None:
-            """Images/s counts training steps only, not evaluation or saving."""
-            nonlocal interval_start
-            interval_start = time.perf_counter()
+            train_log.restart_clock()
 
         with stop_requests() as stop:
             while step < total_steps and stop["signal"] is None:
@@ -260,15 +279,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 device_batches = flax.jax_utils.prefetch_to_device(
                     itertools.islice(batches, epoch_end - step), 2
                 )
-                restart_throughput_clock()
+                train_log.restart_clock()
                 for batch in device_batches:
                     replicated, metrics = p_train_step(replicated, batch)
                     step += 1
-                    interval_steps += 1
-                    pending.append(metrics)
+                    train_log.add(metrics)
                     progress.update()
                     if step % config.log_every_steps == 0 or step == epoch_end:
-                        flush_train_metrics()
+                        log_train_metrics()
                     if stop["signal"] is not None:
                         break
                     if step % config.checkpoint_every_steps == 0 and step != epoch_end:
