@@ -64,7 +64,8 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(uninterrupted_run, digits_
     assert second["step"] == 30
     assert "Resumed from step 15" in (tmp_path / "train.log").read_text()
     expected, resumed = saved_state(workdir), saved_state(tmp_path)
-    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
+    assert jax.tree.structure(expected) == jax.tree.structure(resumed)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(resumed["step"]) == 30
     # The epoch-end evaluation at step 22 happened in both, and gave the same result.

@@ -10,12 +10,11 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from vgg_jax import optim, training
 from vgg_jax.checkpoints import Checkpoints
-from vgg_jax.trainer import TrainingError, compute_dtype, train_and_evaluate
+from vgg_jax.trainer import TrainingError, compute_dtype
 from helpers import relative_error, tree_relative_error
 from training_setup import flat_arrays, global_batches, small_config, small_training_setup
 
