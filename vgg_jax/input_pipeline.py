@@ -19,10 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vgg_jax.datasets import SklearnDigits
-
-# ImageNet's mean and standard deviation per RGB channel, on the 0-255 scale.
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+from vgg_jax.preprocessing import normalize
 
 # Data sets vgg_jax builds itself, by the name a config uses.
 LOCAL_BUILDERS = {"digits": SklearnDigits}
@@ -69,12 +66,6 @@ def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
         train_examples=builder.info.splits[train_split].num_examples,
         eval_examples=builder.info.splits[eval_split].num_examples,
     )
-
-
-def normalize(image: tf.Tensor) -> tf.Tensor:
-    """uint8 RGB to float32, mean subtracted and scaled per channel."""
-    image = tf.cast(image, tf.float32)
-    return (image - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
 
 
 def _prepare(example: dict) -> dict:
