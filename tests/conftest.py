@@ -12,3 +12,16 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """A TFDS data directory with the digits built in it, once per test session."""
+    from vgg_jax import input_pipeline
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    input_pipeline.get_builder("digits", str(data_dir))
+    return str(data_dir)

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_jax import input_pipeline
 from vgg_jax.checkpoints import Checkpoints
 from vgg_jax.configs import get_config
 from vgg_jax.trainer import TrainingError, train_and_evaluate
@@ -22,19 +21,14 @@ from vgg_jax.trainer import TrainingError, train_and_evaluate
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    input_pipeline.get_builder("digits", str(data_dir))
-    return str(data_dir)
-
-
 def tiny_config(digits_dir, **overrides):
-    """The default config, shrunk: 22 steps per epoch of a 1/16-width VGG-A."""
+    """The default config, shrunk: 22 steps per epoch of a 1/16-width VGG-A, with the paper's
+    augmentation (scale jitter, random crop, flip, PCA lighting) so resuming must replay it."""
     config = get_config()
     config.update(
         data_dir=digits_dir, width=1 / 16, fc_features=32, num_epochs=2, lr_schedule="paper",
         learning_rate=0.4, log_every_steps=5, checkpoint_every_steps=10, keep_checkpoints=1,
+        train_scale=(32, 40), crop_size=32, random_flip=True, pca_lighting=0.1,
     )  # fmt: skip
     config.update(overrides)
     return config

@@ -19,7 +19,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vgg_jax.datasets import SklearnDigits
-from vgg_jax.preprocessing import normalize
+from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation, normalize
+
+NO_AUGMENTATION = TrainAugmentation()
+AS_STORED = EvalPreprocessing()
 
 # Data sets vgg_jax builds itself, by the name a config uses.
 LOCAL_BUILDERS = {"digits": SklearnDigits}
@@ -68,8 +71,29 @@ def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
     )
 
 
-def _prepare(example: dict) -> dict:
-    return {"image": normalize(example["image"]), "label": tf.cast(example["label"], tf.int32)}
+def augmentation_from_config(config) -> TrainAugmentation:
+    return TrainAugmentation(
+        scale=tuple(config.train_scale) if config.train_scale else None,
+        crop=config.crop_size or None,
+        flip=config.random_flip,
+        pca_sigma=config.pca_lighting,
+    )
+
+
+def eval_preprocessing_from_config(config) -> EvalPreprocessing:
+    return EvalPreprocessing(scale=config.eval_scale or None, crop=config.crop_size or None)
+
+
+def model_input_shape(config, info: DatasetInfo) -> tuple[int, int, int]:
+    """(H, W, C) of the images the model sees after preprocessing."""
+    if config.crop_size:
+        return (config.crop_size, config.crop_size, info.image_shape[-1])
+    if None in info.image_shape:
+        raise ValueError(
+            f"Images of {info.name!r} vary in size: set config.crop_size (e.g. 224) so batches "
+            f"have one shape."
+        )
+    return info.image_shape
 
 
 def _to_devices(batch: dict) -> dict:
@@ -106,22 +130,34 @@ def train_batches(
     seed: int,
     skip_batches: int = 0,
     shuffle_buffer_size: int = 16_384,
+    augmentation: TrainAugmentation = NO_AUGMENTATION,
 ) -> Iterator[dict]:
-    """One epoch of shuffled training batches for this process, from batch `skip_batches` on."""
+    """One epoch of shuffled, augmented training batches for this process, from batch
+    `skip_batches` on. The order and every random draw depend only on (seed, epoch, position),
+    so a resumed epoch yields exactly the batches the uninterrupted one would have."""
+    epoch_seed = seed * 100_003 + epoch
+    batch_size = local_batch_size(global_batch_size)
     ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=True))
-    ds = ds.shuffle(
-        shuffle_buffer_size,
-        seed=seed * 100_003 + epoch,  # a new fixed order every epoch
-        reshuffle_each_iteration=False,
-    )
-    ds = ds.map(_prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch_size(global_batch_size), drop_remainder=True)
-    ds = ds.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
+    ds = ds.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.enumerate().skip(skip_batches * batch_size)
+
+    def prepare(position, example):
+        example_seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
+        image = augmentation(example["image"], tf.cast(example_seed, tf.int32))
+        return {"image": normalize(image), "label": tf.cast(example["label"], tf.int32)}
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):
         yield _to_devices(batch)
 
 
-def eval_batches(builder, split: str, global_batch_size: int) -> Iterator[dict]:
+def eval_batches(
+    builder,
+    split: str,
+    global_batch_size: int,
+    preprocessing: EvalPreprocessing = AS_STORED,
+) -> Iterator[dict]:
     """Every example of this process's share once, padded to full batches with mask 0.
 
     Every process yields the same number of batches, so the cross-device sums never wait.
@@ -130,16 +166,19 @@ def eval_batches(builder, split: str, global_batch_size: int) -> Iterator[dict]:
     total = builder.info.splits[split].num_examples
     num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch_size)
     ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=False))
-    ds = ds.map(_prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+    def prepare(example):
+        image = normalize(preprocessing(example["image"]))
+        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     batches = iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
-    image_shape = tuple(builder.info.features["image"].shape)
+    shape = None
     for _ in range(num_batches):
         batch = next(batches, None)
-        if batch is None:
-            batch = {
-                "image": np.zeros((0, *image_shape), np.float32),
-                "label": np.zeros((0,), np.int32),
-            }
+        if batch is None:  # this process's share ran out before another's: all padding
+            batch = {"image": np.zeros((0, *shape), np.float32), "label": np.zeros(0, np.int32)}
+        shape = batch["image"].shape[1:]
         yield _to_devices(_pad(batch, batch_size))
 
 

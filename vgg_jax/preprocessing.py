@@ -8,6 +8,8 @@ until `normalize`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 # ImageNet's mean and standard deviation per RGB channel, on the 0-255 scale.
@@ -75,3 +77,51 @@ def pca_lighting(image: tf.Tensor, seed, sigma: float = 0.1) -> tf.Tensor:
 def normalize(image: tf.Tensor, mean=MEAN_RGB, stddev=STDDEV_RGB) -> tf.Tensor:
     """Subtracts the mean RGB (the paper's only normalisation) and divides by the deviation."""
     return (tf.cast(image, tf.float32) - tf.constant(mean)) / tf.constant(stddev)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainAugmentation:
+    """The paper's training preprocessing, each step optional (Section 3.1):
+    rescale the smaller side to S drawn from `scale` = (S_min, S_max) (S_min == S_max: fixed
+    S), one random `crop` x `crop` crop, a random horizontal flip, PCA lighting noise."""
+
+    scale: tuple[int, int] | None = None
+    crop: int | None = None
+    flip: bool = False
+    pca_sigma: float = 0.0
+
+    def __post_init__(self):
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be (S_min, S_max) with 0 < S_min <= S_max: {self.scale}")
+        if self.scale is not None and self.crop and self.crop > self.scale[0]:
+            raise ValueError(f"A {self.crop}-pixel crop needs S_min >= {self.crop}: {self.scale}")
+
+    def __call__(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """uint8 or float image -> float32, 0-255 scale, not yet normalised."""
+        scale_seed, crop_seed, flip_seed, pca_seed = tf.unstack(split_seed(seed, 4))
+        image = tf.cast(image, tf.float32)
+        if self.scale is not None:
+            image = random_smallest_side(image, scale_seed, *self.scale)
+        if self.crop:
+            image = random_crop(image, crop_seed, self.crop)
+        if self.flip:
+            image = random_flip(image, flip_seed)
+        if self.pca_sigma:
+            image = pca_lighting(image, pca_seed, self.pca_sigma)
+        return image
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPreprocessing:
+    """Test-time preprocessing (Section 3.2): smaller side to Q, then a centre crop."""
+
+    scale: int | None = None
+    crop: int | None = None
+
+    def __call__(self, image: tf.Tensor) -> tf.Tensor:
+        image = tf.cast(image, tf.float32)
+        if self.scale:
+            image = rescale_smallest_side(image, self.scale)
+        if self.crop:
+            image = center_crop(image, self.crop)
+        return image

@@ -36,7 +36,9 @@ from vgg_jax.training import (
 )
 
 # A checkpoint can only be resumed by a run that builds the same network on the same data.
-ARCHITECTURE_KEYS = ("model", "width", "fc_features", "batch_norm", "init_scheme", "dataset")
+ARCHITECTURE_KEYS = (
+    "model", "width", "fc_features", "batch_norm", "init_scheme", "dataset", "crop_size",
+)  # fmt: skip
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 logger = logging.getLogger("vgg_jax")
 
@@ -140,10 +142,12 @@ def _setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler
     return [to_file, to_console]
 
 
-def evaluate(p_eval_step, state, builder, split: str, batch_size: int) -> dict[str, float]:
+def evaluate(
+    p_eval_step, state, builder, split: str, batch_size: int, preprocessing
+) -> dict[str, float]:
     """Loss and top-1/top-5 accuracy over every example of `split`."""
     totals = None
-    for batch in input_pipeline.eval_batches(builder, split, batch_size):
+    for batch in input_pipeline.eval_batches(builder, split, batch_size, preprocessing):
         sums = p_eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(flax.jax_utils.unreplicate(totals))
@@ -207,6 +211,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     try:
         builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
         info = input_pipeline.describe(builder, config.train_split, config.eval_split)
+        input_shape = input_pipeline.model_input_shape(config, info)
+        augmentation = input_pipeline.augmentation_from_config(config)
+        eval_preprocessing = input_pipeline.eval_preprocessing_from_config(config)
         steps_per_epoch = input_pipeline.steps_per_epoch(info.train_examples, config.batch_size)
         total_steps = config.num_epochs * steps_per_epoch
         if config.max_steps:
@@ -217,7 +224,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         schedule = optim.learning_rate_schedule(config, steps_per_epoch)
         state = jax.device_get(
             create_train_state(
-                model, tx, optim.init_plateau(config), info.image_shape, config.seed
+                model, tx, optim.init_plateau(config), input_shape, config.seed
             )
         )
 
@@ -239,7 +246,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
             "%s on %s: %d train / %d eval examples, %d classes, %s images; %d steps per "
             "epoch, %d devices, %s compute.",
             config.model, info.name, info.train_examples, info.eval_examples,
-            info.num_classes, "x".join(map(str, info.image_shape)), steps_per_epoch,
+            info.num_classes, "x".join(map(str, input_shape)), steps_per_epoch,
             jax.device_count(), jnp.dtype(model.dtype).name,
         )  # fmt: skip
 
@@ -271,6 +278,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 batches = input_pipeline.train_batches(
                     builder, config.train_split, config.batch_size, epoch, config.seed,
                     skip_batches=skip, shuffle_buffer_size=config.shuffle_buffer_size,
+                    augmentation=augmentation,
                 )  # fmt: skip
                 progress = tqdm(
                     total=steps_per_epoch, initial=skip, unit="step", disable=not is_main,
@@ -294,8 +302,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 progress.close()
                 if step % steps_per_epoch == 0 and stop["signal"] is None:
                     metrics = evaluate(
-                        p_eval_step, replicated, builder, config.eval_split, config.batch_size
-                    )
+                        p_eval_step, replicated, builder, config.eval_split, config.batch_size,
+                        eval_preprocessing,
+                    )  # fmt: skip
                     replicated = _after_evaluation(config, replicated, metrics)
                     if record["best"] is None or (
                         metrics["top1_accuracy"] > record["best"]["top1_accuracy"]

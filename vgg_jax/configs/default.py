@@ -23,6 +23,12 @@ def get_config() -> ConfigDict:
     config.train_split = "train"
     config.eval_split = "test"
     config.shuffle_buffer_size = 16_384
+    # Preprocessing (Sections 3.1-3.2); the digits are used as stored, already 32x32.
+    config.train_scale = ()  # (S_min, S_max): smaller side rescaled to S in it; () keeps it
+    config.crop_size = 0  # random crop in training, centre crop in evaluation; 0: whole image
+    config.random_flip = False  # digits are not mirror-symmetric
+    config.pca_lighting = 0.0  # sigma of AlexNet's colour noise (the paper's recipe: 0.1)
+    config.eval_scale = 0  # Q: smaller side before the centre crop; 0 keeps it
 
     # Optimisation (Section 3.1): SGD, momentum 0.9, L2 5e-4 on kernels.
     config.batch_size = 64  # global, over all devices and hosts

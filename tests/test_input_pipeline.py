@@ -1,0 +1,77 @@
+"""The tf.data input on the embedded digits: augmentation, resumable order, evaluation, shards."""
+
+import collections
+
+import jax
+import numpy as np
+import pytest
+
+from vgg_jax import input_pipeline
+from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation
+
+AUGMENTATION = TrainAugmentation(scale=(36, 44), crop=32, flip=True, pca_sigma=0.1)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir):
+    return input_pipeline.get_builder("digits", digits_dir)
+
+
+def test_augmented_batches_resume_exactly_and_change_every_epoch(digits):
+    def epoch(number, skip=0):
+        return list(
+            input_pipeline.train_batches(
+                digits, "train", 64, epoch=number, seed=3, skip_batches=skip,
+                augmentation=AUGMENTATION,
+            )
+        )  # fmt: skip
+
+    full = epoch(1)
+    assert len(full) == 1438 // 64
+    assert full[0]["image"].shape == (4, 16, 32, 32, 3) and full[0]["label"].shape == (4, 16)
+    resumed = epoch(1, skip=5)
+    assert len(resumed) == len(full) - 5
+    for a, b in zip(full[5:], resumed, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    again = epoch(1)
+    np.testing.assert_array_equal(full[3]["image"], again[3]["image"])
+    assert not np.array_equal(full[0]["label"], epoch(2)[0]["label"])
+
+
+def test_evaluation_counts_every_example_once(digits):
+    batches = list(input_pipeline.eval_batches(digits, "test", 64, EvalPreprocessing()))
+    assert len(batches) == 6  # 359 examples: five full batches of 64 and one of 39 + padding
+    masks = np.concatenate([b["mask"].ravel() for b in batches])
+    labels = np.concatenate([b["label"].ravel() for b in batches])[masks == 1]
+    assert masks.sum() == 359 and len(labels) == 359
+    stored = [int(example["label"]) for example in digits.as_dataset(split="test").as_numpy_iterator()]
+    assert collections.Counter(labels.tolist()) == collections.Counter(stored)
+
+
+def eval_examples(digits):
+    """(image bytes, label) of every real example this process evaluates."""
+    examples = []
+    for batch in input_pipeline.eval_batches(digits, "test", 64, EvalPreprocessing()):
+        images = batch["image"].reshape(-1, 32 * 32 * 3)
+        for image, label, keep in zip(
+            images, batch["label"].ravel(), batch["mask"].ravel(), strict=True
+        ):
+            if keep:
+                examples.append((image.tobytes(), int(label)))
+    return examples
+
+
+def test_two_processes_read_disjoint_shards_covering_the_split(digits, monkeypatch):
+    everything = eval_examples(digits)
+    shards, batch_counts = [], []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    for index in range(2):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        shards.append(eval_examples(digits))
+        batch_counts.append(len(list(input_pipeline.eval_batches(digits, "test", 64))))
+    assert sorted(map(len, shards)) == [179, 180]
+    assert collections.Counter(shards[0]) + collections.Counter(shards[1]) == (
+        collections.Counter(everything)
+    )
+    assert batch_counts[0] == batch_counts[1]  # so the cross-process sums never wait
