@@ -39,5 +39,7 @@ for images, labels in training_setup.global_batches():
     replicated, _ = p_train_step(replicated, batch)
 final = training.unreplicate(replicated)
 if process_id == 0:
-    np.savez(out, **training_setup.flat_arrays({"params": final.params, "stats": final.batch_stats}))
+    np.savez(
+        out, **training_setup.flat_arrays({"params": final.params, "stats": final.batch_stats})
+    )
 jax.distributed.shutdown()

@@ -21,9 +21,7 @@ def _jitted_apply(model, options):
 
 def apply(model, variables, x, rngs=None, **options):
     """model.apply under jit; options (train, dense, layers, method, mutable) are static."""
-    frozen = tuple(
-        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())
-    )
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
     return _jitted_apply(model, frozen)(variables, x, rngs)
 
 

@@ -45,7 +45,10 @@ def test_unknown_configuration_lists_the_valid_ones(name):
         ({"dropout_rate": -0.1}, r"dropout_rate must be in \[0, 1\)"),
         ({"width": 0.0}, "width must be a positive multiplier"),
         ({"fc_features": 0}, "fc_features must be a positive integer"),
-        ({"init_scheme": "xavier"}, "Unknown initialisation scheme 'xavier'.*kaiming, paper, glorot"),
+        (
+            {"init_scheme": "xavier"},
+            "Unknown initialisation scheme 'xavier'.*kaiming, paper, glorot",
+        ),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(kwargs, message):

@@ -1,12 +1,15 @@
 """The tf.data input on the embedded digits: augmentation, resumable order, evaluation, shards."""
 
 import collections
+import pathlib
 
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from vgg_jax import input_pipeline
+from vgg_jax.input_pipeline import AS_STORED, NO_AUGMENTATION
 from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation
 
 AUGMENTATION = TrainAugmentation(scale=(36, 44), crop=32, flip=True, pca_sigma=0.1)
@@ -45,7 +48,9 @@ def test_evaluation_counts_every_example_once(digits):
     masks = np.concatenate([b["mask"].ravel() for b in batches])
     labels = np.concatenate([b["label"].ravel() for b in batches])[masks == 1]
     assert masks.sum() == 359 and len(labels) == 359
-    stored = [int(example["label"]) for example in digits.as_dataset(split="test").as_numpy_iterator()]
+    stored = [
+        int(example["label"]) for example in digits.as_dataset(split="test").as_numpy_iterator()
+    ]
     assert collections.Counter(labels.tolist()) == collections.Counter(stored)
 
 
@@ -75,3 +80,40 @@ def test_two_processes_read_disjoint_shards_covering_the_split(digits, monkeypat
         collections.Counter(everything)
     )
     assert batch_counts[0] == batch_counts[1]  # so the cross-process sums never wait
+
+
+def mocked_tfds(name, data_dir, examples):
+    """tfds.testing.mock_data for `name`, with metadata giving every split `examples` examples
+    (mock_data yields that many per split), so the real builder code path runs offline."""
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    splits = [
+        tfds.core.SplitInfo(name=split, shard_lengths=[examples], num_bytes=0)
+        for split in ("train", "test", "validation")
+    ]
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    pathlib.Path(builder.data_dir).mkdir(parents=True, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    return tfds.testing.mock_data(num_examples=examples, data_dir=str(data_dir))
+
+
+@pytest.mark.parametrize(
+    "name, eval_split, augmentation, expected_classes",
+    [
+        ("cifar10", "test", NO_AUGMENTATION, 10),
+        ("imagenet2012", "validation", TrainAugmentation(scale=(40, 48), crop=32, flip=True), 1000),
+    ],
+)
+def test_tfds_builders_by_name(tmp_path, name, eval_split, augmentation, expected_classes):
+    with mocked_tfds(name, tmp_path, examples=40):
+        builder = input_pipeline.get_builder(name, str(tmp_path))
+        info = input_pipeline.describe(builder, "train", eval_split)
+        assert info.num_classes == expected_classes and info.train_examples == 40
+        batches = list(
+            input_pipeline.train_batches(builder, "train", 8, 0, 0, augmentation=augmentation)
+        )
+        assert len(batches) == 5 and batches[0]["image"].shape == (4, 2, 32, 32, 3)
+        evaluation = EvalPreprocessing(scale=36, crop=32) if augmentation.crop else AS_STORED
+        masks = [
+            b["mask"] for b in input_pipeline.eval_batches(builder, eval_split, 16, evaluation)
+        ]
+        assert sum(mask.sum() for mask in masks) == 40

@@ -101,7 +101,9 @@ def test_extract_features_returns_the_named_activations(vgg11_at_32):
 def test_conv_features_need_no_head_and_any_size(vgg11_at_32):
     """Extraction stops at the deepest layer asked for, so the head's input size is moot."""
     model, variables, _ = vgg11_at_32
-    feats = apply(model, variables, images((1, 96, 64, 3)), layers="pool5", method="extract_features")
+    feats = apply(
+        model, variables, images((1, 96, 64, 3)), layers="pool5", method="extract_features"
+    )
     assert feats["pool5"].shape == (1, 3, 2, 32)
 
 
@@ -141,9 +143,12 @@ def test_batch_norm_updates_running_statistics_with_torch_momentum(vgg11_bn_at_3
     np.testing.assert_array_equal(stats["var"], 1.0)
     _, updated = apply(model, variables, x, train=True, mutable=("batch_stats",))
     conv1_1 = variables["params"]["conv1_1"]
-    raw = jax.lax.conv_general_dilated(
-        x, conv1_1["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    ) + conv1_1["bias"]
+    raw = (
+        jax.lax.conv_general_dilated(
+            x, conv1_1["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + conv1_1["bias"]
+    )
     new = updated["batch_stats"]["conv1_1_bn"]
     # torch momentum 0.1 is flax momentum 0.9: running = 0.9 * running + 0.1 * batch.
     assert relative_error(new["mean"], 0.1 * raw.mean(axis=(0, 1, 2))) < 1e-4

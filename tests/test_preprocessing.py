@@ -42,7 +42,10 @@ def test_flips_happen_about_half_the_time():
 
 def test_pca_lighting_noise_has_alexnet_covariance():
     shifts = np.stack(
-        [pp.pca_lighting(tf.zeros((1, 1, 3)), seed, sigma=0.1).numpy()[0, 0] for seed in seeds(3000)]
+        [
+            pp.pca_lighting(tf.zeros((1, 1, 3)), seed, sigma=0.1).numpy()[0, 0]
+            for seed in seeds(3000)
+        ]
     )
     vectors = np.array(pp.IMAGENET_PCA_EIGENVECTORS)
     values = np.array(pp.IMAGENET_PCA_EIGENVALUES)
@@ -62,6 +65,4 @@ def test_center_crop_and_normalize():
     np.testing.assert_array_equal(pp.center_crop(image, 4)[..., 0], image[1:5, 2:6, 0])
     pixel = tf.constant([[list(pp.MEAN_RGB)]])
     np.testing.assert_allclose(pp.normalize(pixel), 0.0, atol=1e-6)
-    np.testing.assert_allclose(
-        pp.normalize(pixel + tf.constant(pp.STDDEV_RGB)), 1.0, rtol=1e-6
-    )
+    np.testing.assert_allclose(pp.normalize(pixel + tf.constant(pp.STDDEV_RGB)), 1.0, rtol=1e-6)

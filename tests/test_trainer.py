@@ -186,11 +186,25 @@ def test_train_py_on_two_processes(digits_dir, tmp_path):
            + " --xla_force_host_platform_device_count=2"}  # fmt: skip
     processes = [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), "--distributed",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-             f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.width=0.0625",
-             "--config.fc_features=32", "--config.max_steps=25", "--config.keep_checkpoints=5"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "--distributed",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                f"--workdir={tmp_path}",
+                f"--config.data_dir={digits_dir}",
+                "--config.width=0.0625",
+                "--config.fc_features=32",
+                "--config.max_steps=25",
+                "--config.keep_checkpoints=5",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env=env,
         )  # fmt: skip
         for i in range(2)
     ]

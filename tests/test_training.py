@@ -91,7 +91,10 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
     workers = [
         subprocess.Popen(
             [sys.executable, str(TESTS / "distributed_worker.py"), str(i), port, str(out)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]

@@ -1,11 +1,11 @@
 """vgg_jax: VGGNet (Simonyan & Zisserman, 2014) in JAX/Flax, every configuration of the paper.
 
-    import jax, vgg_jax
-    model = vgg_jax.vgg16(num_classes=10)
-    variables = model.init(jax.random.key(0), images)          # images: (N, 224, 224, 3)
-    logits = model.apply(variables, images)                     # classic head
-    logits = model.apply(variables, bigger_images, dense=True)  # dense-evaluation head
-    feats = model.apply(variables, images, layers=["conv3_3", "pool5"], method="extract_features")
+import jax, vgg_jax
+model = vgg_jax.vgg16(num_classes=10)
+variables = model.init(jax.random.key(0), images)          # images: (N, 224, 224, 3)
+logits = model.apply(variables, images)                     # classic head
+logits = model.apply(variables, bigger_images, dense=True)  # dense-evaluation head
+feats = model.apply(variables, images, layers=["conv3_3", "pool5"], method="extract_features")
 """
 
 from vgg_jax.architectures import (

@@ -223,9 +223,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         tx = optim.make_optimizer(config, steps_per_epoch)
         schedule = optim.learning_rate_schedule(config, steps_per_epoch)
         state = jax.device_get(
-            create_train_state(
-                model, tx, optim.init_plateau(config), input_shape, config.seed
-            )
+            create_train_state(model, tx, optim.init_plateau(config), input_shape, config.seed)
         )
 
         checkpoints = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
@@ -346,7 +344,9 @@ def _report_evaluation(writer, step: int, epoch: int, metrics: dict, replicated,
     if writer is not None:
         for key, value in metrics.items():
             writer.scalar(f"eval/{key}", value, step)
-        writer.scalar("train/learning_rate", optim.learning_rate_at(schedule, step, replicated), step)
+        writer.scalar(
+            "train/learning_rate", optim.learning_rate_at(schedule, step, replicated), step
+        )
         writer.flush()
 
 

@@ -159,9 +159,6 @@ def unreplicate(state: TrainState) -> TrainState:
     return jax.device_get(flax.jax_utils.unreplicate(state))
 
 
-
-
 def model_for_training(model: VGG) -> VGG:
     """The model with BatchNorm statistics synchronised across the pmap axis."""
     return model.clone(axis_name=AXIS_NAME) if model.batch_norm else model
-
