@@ -1,16 +1,15 @@
 """The tf.data input on the embedded digits: augmentation, resumable order, evaluation, shards."""
 
 import collections
-import pathlib
 
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from vgg_jax import input_pipeline
 from vgg_jax.input_pipeline import AS_STORED, NO_AUGMENTATION
 from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation
+from tfds_mocks import mocked_tfds
 
 AUGMENTATION = TrainAugmentation(scale=(36, 44), crop=32, flip=True, pca_sigma=0.1)
 
@@ -80,20 +79,6 @@ def test_two_processes_read_disjoint_shards_covering_the_split(digits, monkeypat
         collections.Counter(everything)
     )
     assert batch_counts[0] == batch_counts[1]  # so the cross-process sums never wait
-
-
-def mocked_tfds(name, data_dir, examples):
-    """tfds.testing.mock_data for `name`, with metadata giving every split `examples` examples
-    (mock_data yields that many per split), so the real builder code path runs offline."""
-    builder = tfds.builder(name, data_dir=str(data_dir))
-    splits = [
-        tfds.core.SplitInfo(name=split, shard_lengths=[examples], num_bytes=0)
-        for split in ("train", "test", "validation")
-    ]
-    builder.info.set_splits(tfds.core.SplitDict(splits))
-    pathlib.Path(builder.data_dir).mkdir(parents=True, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
-    return tfds.testing.mock_data(num_examples=examples, data_dir=str(data_dir))
 
 
 @pytest.mark.parametrize(

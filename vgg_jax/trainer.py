@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from vgg_jax import input_pipeline, optim
 from vgg_jax.checkpoints import Checkpoints
-from vgg_jax.models import VGG, create_model
+from vgg_jax.architectures import resolve_model_name
+from vgg_jax.models import VGG
 from vgg_jax.training import (
     create_train_state,
     model_for_training,
@@ -75,15 +76,17 @@ def validate_config(config) -> None:
 
 
 def build_model(config, num_classes: int) -> VGG:
-    return create_model(
-        config.model,
+    """The config's network; batch norm if the model name says so ("vgg16_bn") or the config."""
+    paper_config, named_batch_norm = resolve_model_name(config.model)
+    return VGG(
+        config=paper_config,
         num_classes=num_classes,
         width=config.width,
         fc_features=config.fc_features,
         dropout_rate=config.dropout_rate,
+        batch_norm=named_batch_norm or config.batch_norm,
         init_scheme=config.init_scheme,
         dtype=compute_dtype(config.dtype),
-        **({"batch_norm": True} if config.batch_norm else {}),
     )
 
 

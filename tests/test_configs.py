@@ -1,0 +1,49 @@
+"""The configurations shipped in vgg_jax/configs: valid, building the intended networks."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vgg_jax import input_pipeline
+from vgg_jax.configs import get_config
+from vgg_jax.summary import count_params
+from vgg_jax.trainer import build_model, train_and_evaluate, validate_config
+from tfds_mocks import mocked_tfds
+
+
+def abstract_params(config, num_classes, input_shape):
+    model = build_model(config, num_classes)
+    images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    return model, jax.eval_shape(model.init, jax.random.key(0), images)
+
+
+def test_paper_imagenet_config_is_vgg16_with_the_papers_recipe():
+    config = get_config("imagenet_vgg16")
+    validate_config(config)
+    model, variables = abstract_params(config, 1000, (224, 224, 3))
+    assert count_params(variables["params"]) == 138_357_544  # PAPER.md, configuration D
+    assert (config.batch_size, config.learning_rate, config.lr_schedule) == (256, 0.01, "paper")
+    augmentation = input_pipeline.augmentation_from_config(config)
+    assert augmentation.scale == (256, 512) and augmentation.crop == 224
+    assert augmentation.flip and augmentation.pca_sigma == 0.1
+    assert input_pipeline.eval_preprocessing_from_config(config).scale == 384
+
+
+@pytest.mark.parametrize("name", ["default", "imagenet_vgg16", "cifar10"])
+def test_model_name_and_batch_norm_flag_agree(name):
+    config = get_config(name)
+    config.model = "vgg16_bn"  # a _bn name means batch norm, whatever the flag says
+    config.batch_norm = False
+    assert build_model(config, 10).batch_norm
+
+
+def test_cifar10_recipe_trains_through_the_real_tfds_path(tmp_path):
+    config = get_config("cifar10")
+    config.update(data_dir=str(tmp_path / "tfds"), width=1 / 16, fc_features=16, batch_size=8,
+                  max_steps=3, num_epochs=1)  # fmt: skip
+    with mocked_tfds("cifar10", tmp_path / "tfds", examples=16):
+        summary = train_and_evaluate(config, tmp_path / "run")
+    assert summary["step"] == 2 and summary["finished"]  # 16 examples: 2 batches of 8
+    assert 0.0 <= summary["best_top1_accuracy"] <= 1.0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "vgg16 on cifar10: 16 train / 16 eval examples, 10 classes, 32x32x3 images" in log
