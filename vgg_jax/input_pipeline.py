@@ -105,8 +105,8 @@ def local_batch_size(global_batch_size: int) -> int:
     """This process's share of a global batch, which must split evenly over all devices."""
     if global_batch_size % jax.device_count():
         raise ValueError(
-            f"batch_size {global_batch_size} does not split evenly over {jax.device_count()} "
-            f"devices; use a multiple of {jax.device_count()}."
+            f"batch_size={global_batch_size} does not split evenly over the "
+            f"{jax.device_count()} devices; use a multiple of {jax.device_count()}."
         )
     return global_batch_size // jax.process_count()
 

@@ -67,11 +67,10 @@ def validate_config(config) -> None:
     for key in ("batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise TrainingError(f"config.{key} must be a positive integer, got {config[key]!r}.")
-    if config.batch_size % jax.device_count():
-        raise TrainingError(
-            f"config.batch_size={config.batch_size} does not split evenly over the "
-            f"{jax.device_count()} devices; use a multiple of {jax.device_count()}."
-        )
+    try:
+        input_pipeline.local_batch_size(config.batch_size)
+    except ValueError as error:
+        raise TrainingError(f"config.{error}") from None
     compute_dtype(config.dtype)
 
 
@@ -153,7 +152,7 @@ def evaluate(
     for batch in input_pipeline.eval_batches(builder, split, batch_size, preprocessing):
         sums = p_eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(flax.jax_utils.unreplicate(totals))
+    totals = unreplicate(totals)
     count = totals["count"]
     return {
         "loss": float(totals["loss"] / count),
@@ -184,7 +183,7 @@ class TrainLog:
         """Averages of the steps since the last flush, ending at `step`; None if none."""
         if not self.pending:
             return None
-        fetched = jax.device_get([flax.jax_utils.unreplicate(m) for m in self.pending])
+        fetched = unreplicate(self.pending)
         first_step = step - len(fetched) + 1
         for offset, metrics in enumerate(fetched):
             if not np.isfinite(metrics["loss"]):
@@ -331,7 +330,7 @@ def _after_evaluation(config, replicated, metrics: dict):
     """The paper's schedule: one plateau step per evaluation, fed the top-1 error."""
     if config.lr_schedule != "paper":
         return replicated
-    plateau = jax.device_get(flax.jax_utils.unreplicate(replicated.plateau))
+    plateau = unreplicate(replicated.plateau)
     new_plateau = optim.update_plateau(config, plateau, 1.0 - metrics["top1_accuracy"])
     if float(new_plateau.scale) < float(plateau.scale):
         logger.info("Validation accuracy stopped improving: learning rate divided by 10.")

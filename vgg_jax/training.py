@@ -154,9 +154,10 @@ def replicate(state: TrainState) -> TrainState:
     return flax.jax_utils.replicate(state)
 
 
-def unreplicate(state: TrainState) -> TrainState:
-    """One host (NumPy) copy of a replicated state, on every process of a multi-host run."""
-    return jax.device_get(flax.jax_utils.unreplicate(state))
+def unreplicate(tree: Any) -> Any:
+    """One host (NumPy) copy of a replicated pytree (a state, metrics), on every process of a
+    multi-host run."""
+    return jax.device_get(flax.jax_utils.unreplicate(tree))
 
 
 def model_for_training(model: VGG) -> VGG:
