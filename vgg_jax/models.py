@@ -17,7 +17,13 @@ from vgg_jax.architectures import (
     resolve_model_name,
 )
 from vgg_jax.initializers import InitScheme, init_scheme
-from vgg_jax.layers import SlidingFullyConnected, dense_shaped_init, local_response_norm
+from vgg_jax.layers import (
+    SlidingFullyConnected,
+    dense_shaped_init,
+    local_response_norm,
+    max_pool_2x2,
+    relu,
+)
 
 
 class VGG(nn.Module):
@@ -141,11 +147,11 @@ class VGG(nn.Module):
                         param_dtype=self.param_dtype,
                         name=f"{spec.name}_bn",
                     )(x)
-                x = nn.relu(x)
+                x = relu(x)
             elif spec.kind == "lrn":
                 x = local_response_norm(x)
             else:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
             if record(spec.name, x):
                 return None, features
 
@@ -159,12 +165,12 @@ class VGG(nn.Module):
             param_dtype=self.param_dtype,
             name="fc6",
         )(x, dense)
-        x = nn.relu(x)
+        x = relu(x)
         if record("fc6", x):
             return None, features
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self._fc(self.fc_features, scheme, "fc7")(x)
-        x = nn.relu(x)
+        x = relu(x)
         if record("fc7", x):
             return None, features
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -149,9 +149,9 @@ def pmapped_steps(model: VGG, tx: optax.GradientTransformation):
     return p_train_step, p_eval_step
 
 
-def replicate(state: TrainState) -> TrainState:
-    """The state copied onto every local device, for the pmapped steps."""
-    return flax.jax_utils.replicate(state)
+def replicate(state: TrainState, devices=None) -> TrainState:
+    """The state copied onto every local device (or onto `devices`), for the pmapped steps."""
+    return flax.jax_utils.replicate(state, devices)
 
 
 def unreplicate(tree: Any) -> Any:

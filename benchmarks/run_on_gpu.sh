@@ -1,0 +1,22 @@
+#!/bin/bash
+# The device call behind BENCHMARKS.md: the throughput benchmark (with speed variants, a
+# profile of the library's train step and its optimised HLO) on one GPU, results under $OUT.
+# Run from the repository root; .whl/ holds the wheels the GPU image lacks (ml_collections).
+set -u
+OUT=${OUT:-/tmp/vgg_jax_gpu}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv \
+  >"$OUT/gpu.txt" 2>&1
+export PYTHONUNBUFFERED=1
+# The pmapped train step compiles as jit__fun, inference as jit_apply.
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/xla_dump --xla_dump_hlo_as_text
+  --xla_dump_hlo_module_re=.*(fun|apply).*"
+python3 benchmarks/throughput.py --out "$OUT" --profile /tmp/vgg_profile "$@" 2>&1 | tee "$OUT/log.txt"
+python3 benchmarks/profile_summary.py /tmp/vgg_profile --top 40 >"$OUT/profile.txt" 2>&1
+cp "$(find /tmp/vgg_profile -name '*.trace.json.gz' | head -1)" "$OUT/trace.json.gz"
+tar czf "$OUT/hlo.tgz" -C /tmp/xla_dump $(cd /tmp/xla_dump && ls | grep "after_optimizations.txt$")
+ls -la "$OUT"
