@@ -260,13 +260,12 @@ def _bytes_limit() -> int | None:
     return stats.get("bytes_limit") if stats else None
 
 
-def estimate_max_batch(train_rows: list[dict]) -> dict | None:
+def estimate_max_batch(train_rows: list[dict], limit: int | None) -> dict | None:
     """The largest batch that fits, from the peak memory at the two largest batch sizes.
 
     Peak memory is a fixed part (parameters, optimiser state, workspace) plus a part that
     grows linearly with the batch (activations); the fit is extrapolated to the device's limit.
     """
-    limit = _bytes_limit()
     points = [(r["batch"], r["peak_bytes"]) for r in train_rows if r.get("peak_bytes")]
     if limit is None or len(points) < 2:
         return None
@@ -299,7 +298,7 @@ def jax_section(args) -> dict:
     for batch_size in args.train_batch_sizes:
         result["rows"].append(vgg_jax_train(args, model, batch_size, flops))
         _progress(result["rows"][-1])
-    result["max_batch"] = estimate_max_batch(result["rows"])
+    result["max_batch"] = estimate_max_batch(result["rows"], _bytes_limit())
     if args.verify_max_batch and result["max_batch"]:
         batch_size = result["max_batch"]["estimated"]
         try:
@@ -564,7 +563,7 @@ def main(argv=None) -> int:
     results = collect(args, argv)
     if args.out:
         write_results(results, pathlib.Path(args.out))
-    print(markdown(results))
+    print(markdown(results), end="")
     failed = [name for name, s in results["sections"].items() if "failed" in s]
     return 1 if failed else 0
 

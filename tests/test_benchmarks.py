@@ -1,0 +1,94 @@
+"""benchmarks/: the throughput benchmark runs end to end on CPU, and its speed variants compute
+the same function as the library's layers."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import throughput  # noqa: E402
+import variants  # noqa: E402
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 4)])
+def test_reshape_max_pool_equals_flax_max_pool_values_and_gradients(shape):
+    x = jax.random.normal(jax.random.key(0), shape)  # no ties: one maximum per window
+
+    def reference(x):
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    np.testing.assert_array_equal(variants.reshape_max_pool(x), reference(x))
+    weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+    grads = [
+        jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
+        for f in (variants.reshape_max_pool, reference)
+    ]
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_relu_output_mask_equals_relu_values_and_gradients():
+    x = jax.random.normal(jax.random.key(2), (64,))
+    np.testing.assert_array_equal(variants.relu_output_mask(x), jax.nn.relu(x))
+    grads = [
+        jax.grad(lambda x: jnp.sum(f(x) * x))(x) for f in (variants.relu_output_mask, jax.nn.relu)
+    ]
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_max_batch_is_extrapolated_from_the_peaks_at_two_batch_sizes():
+    rows = [{"batch": 128, "peak_bytes": 10 * 2**30}, {"batch": 256, "peak_bytes": 18 * 2**30}]
+    estimate = throughput.estimate_max_batch(rows, limit=100 * 2**30)
+    # 8 GiB per 128 images over 2 GiB fixed: (100 - 2) / (8 / 128) = 1568 images.
+    assert estimate["estimated"] == 1568
+    assert estimate["fixed_bytes"] == 2 * 2**30
+    assert throughput.estimate_max_batch(rows[:1], limit=100 * 2**30) is None
+    assert throughput.estimate_max_batch(rows, limit=None) is None
+
+
+def test_bad_arguments_are_refused_with_the_choices():
+    with pytest.raises(SystemExit, match="whole numbers"):
+        throughput.parse_args(["--train-batch-sizes", "64,big"])
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--variants", "fastest"])
+
+
+def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
+    out = tmp_path / "results"
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--small", "--width", "0.0625",
+        "--train-batch-sizes", "2", "--inference-batch-sizes", "2", "--steps", "1",
+        "--repeats", "2", "--variants", "reshape_pool", "--out", str(out),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["report"]
+    kinds = {(row["framework"], row.get("variant", ""), row["mode"], row["batch"]) for row in rows}
+    assert {
+        ("vgg_jax", "", "train", 2),
+        ("vgg_jax", "", "inference", 2),
+        ("vgg_jax", "reshape_pool", "train", 2),
+        ("vgg_jax", "reshape_pool", "inference", 2),
+    } <= kinds
+    for row in rows:
+        rate = row["images_per_second"]
+        assert 0 < rate["min"] <= rate["median"] <= rate["max"]
+        assert row["tflops"] > 0
+    assert results["sections"]["jax"]["matmul"]["tflops"]["median"] > 0
+    first_steps = [row["seconds_to_first_step"] for row in rows if row["mode"] == "train"]
+    assert all(seconds > 0 for seconds in first_steps)
+    # The torch section ran or says why not (torchvision has no width multiplier).
+    torch_section = results["sections"]["torch"]
+    assert torch_section.get("skipped") or torch_section["rows"]
+    table = (out / "results.md").read_text()
+    assert "| vgg_jax | reshape_pool | train | 2 |" in table
+    assert table == completed.stdout
