@@ -19,6 +19,10 @@ import throughput  # noqa: E402
 import variants  # noqa: E402
 
 
+def _weighted_grad(function, x, weights):
+    return jax.grad(lambda x: jnp.sum(function(x) * weights))(x)
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 4)])
 def test_reshape_max_pool_equals_flax_max_pool_values_and_gradients(shape):
     x = jax.random.normal(jax.random.key(0), shape)  # no ties: one maximum per window
@@ -28,20 +32,17 @@ def test_reshape_max_pool_equals_flax_max_pool_values_and_gradients(shape):
 
     np.testing.assert_array_equal(variants.reshape_max_pool(x), reference(x))
     weights = jax.random.normal(jax.random.key(1), reference(x).shape)
-    grads = [
-        jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
-        for f in (variants.reshape_max_pool, reference)
-    ]
-    np.testing.assert_array_equal(grads[0], grads[1])
+    np.testing.assert_array_equal(
+        _weighted_grad(variants.reshape_max_pool, x, weights), _weighted_grad(reference, x, weights)
+    )
 
 
 def test_relu_output_mask_equals_relu_values_and_gradients():
     x = jax.random.normal(jax.random.key(2), (64,))
     np.testing.assert_array_equal(variants.relu_output_mask(x), jax.nn.relu(x))
-    grads = [
-        jax.grad(lambda x: jnp.sum(f(x) * x))(x) for f in (variants.relu_output_mask, jax.nn.relu)
-    ]
-    np.testing.assert_array_equal(grads[0], grads[1])
+    np.testing.assert_array_equal(
+        _weighted_grad(variants.relu_output_mask, x, x), _weighted_grad(jax.nn.relu, x, x)
+    )
 
 
 def test_max_batch_is_extrapolated_from_the_peaks_at_two_batch_sizes():
@@ -52,6 +53,19 @@ def test_max_batch_is_extrapolated_from_the_peaks_at_two_batch_sizes():
     assert estimate["fixed_bytes"] == 2 * 2**30
     assert throughput.estimate_max_batch(rows[:1], limit=100 * 2**30) is None
     assert throughput.estimate_max_batch(rows, limit=None) is None
+
+
+def test_training_flops_and_device_peaks():
+    from vgg_jax import vgg16
+    from vgg_jax.summary import peak_bf16_flops, training_flops_per_image
+
+    # The "about 93 GFLOP per image": 3 x 2 x 15.470 G multiply-accumulates.
+    flops = training_flops_per_image(vgg16(), (224, 224, 3))
+    assert round(flops / 1e9, 1) == 92.8
+    assert peak_bf16_flops("NVIDIA H200") == peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("TPU v5 lite") == 197e12
+    assert peak_bf16_flops("cpu") is None
 
 
 def test_bad_arguments_are_refused_with_the_choices():

@@ -135,7 +135,11 @@ def test_train_py_learns_the_digits(digits_dir, tmp_path):
     assert "Best evaluation" in result.stdout and "wall time" in result.stdout
     assert "epoch 3/3" in result.stderr  # the progress bar
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert "epoch 3, step 66: eval loss" in (tmp_path / "train.log").read_text()
+    log = (tmp_path / "train.log").read_text()
+    assert "epoch 3, step 66: eval loss" in log
+    assert re.search(
+        r"step 60: loss [\d.]+, top-1 [\d.]+%, lr [\d.e-]+, \d+ images/s, [\d.e-]+ TFLOP/s", log
+    )
 
 
 def test_train_py_rejects_an_unknown_config_key(tmp_path):

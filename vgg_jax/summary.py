@@ -51,6 +51,34 @@ def layer_table(model: VGG, image_size: int | tuple[int, int] = 224) -> list[Lay
     return rows
 
 
+def training_flops_per_image(model: VGG, image_shape: tuple[int, ...]) -> int:
+    """FLOPs of one training step per image: 2 per multiply-accumulate forward, and the
+    backward pass twice the forward (gradients of inputs and of weights)."""
+    rows = layer_table(model, tuple(image_shape[:2]))
+    return 3 * 2 * sum(row.macs for row in rows)
+
+
+# Dense bfloat16 peaks from the vendors' datasheets, matched in order against jax's
+# device_kind (lower case); model FLOP utilisation is measured against these.
+PEAK_BF16_FLOPS = (
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("h200", 989e12),
+    ("a100", 312e12),
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5", 459e12),
+    ("tpu v6", 918e12),
+)
+
+
+def peak_bf16_flops(device_kind: str) -> float | None:
+    """The datasheet's dense bf16 FLOP/s of one device of this kind; None if unknown (CPUs)."""
+    kind = device_kind.lower()
+    return next((flops for name, flops in PEAK_BF16_FLOPS if name in kind), None)
+
+
 def format_layer_table(rows: Sequence[LayerRow]) -> str:
     lines = [f"{'layer':<10}{'output':>16}{'parameters':>16}{'MACs':>18}"]
     for row in rows:

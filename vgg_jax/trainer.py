@@ -28,6 +28,7 @@ from vgg_jax import input_pipeline, optim
 from vgg_jax.checkpoints import Checkpoints
 from vgg_jax.architectures import resolve_model_name
 from vgg_jax.models import VGG
+from vgg_jax.summary import peak_bf16_flops, training_flops_per_image
 from vgg_jax.training import (
     create_train_state,
     model_for_training,
@@ -167,8 +168,16 @@ class TrainLog:
     Metrics stay on the devices until flushed, so logging does not stall every step.
     """
 
-    def __init__(self, writer, batch_size: int, checkpoints: Checkpoints):
+    def __init__(
+        self,
+        writer,
+        batch_size: int,
+        checkpoints: Checkpoints,
+        flops_per_image: int = 0,
+        peak_flops: float | None = None,
+    ):
         self.writer, self.batch_size, self.checkpoints = writer, batch_size, checkpoints
+        self.flops_per_image, self.peak_flops = flops_per_image, peak_flops
         self.pending: list[dict] = []
         self.restart_clock()
 
@@ -192,6 +201,15 @@ class TrainLog:
         summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
         summary["learning_rate"] = learning_rate
         summary["images_per_second"] = len(fetched) * self.batch_size / elapsed
+        summary["tflops"] = summary["images_per_second"] * self.flops_per_image / 1e12
+        if self.peak_flops:
+            summary["model_flops_utilization"] = summary["tflops"] * 1e12 / self.peak_flops
+        logger.info(
+            "step %d: loss %.4f, top-1 %.2f%%, lr %.3g, %.0f images/s, %.3g TFLOP/s%s",
+            step, summary["loss"], 100 * summary["top1_accuracy"], learning_rate,
+            summary["images_per_second"], summary["tflops"],
+            f", MFU {summary['model_flops_utilization']:.1%}" if self.peak_flops else "",
+        )  # fmt: skip
         if self.writer is not None:
             for key, value in summary.items():
                 self.writer.scalar(f"train/{key}", value, step)
@@ -252,7 +270,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
         p_train_step, p_eval_step = pmapped_steps(model, tx)
         replicated = replicate(state)
-        train_log = TrainLog(writer, config.batch_size, checkpoints)
+        peak = peak_bf16_flops(jax.devices()[0].device_kind)
+        train_log = TrainLog(
+            writer, config.batch_size, checkpoints,
+            flops_per_image=training_flops_per_image(model, input_shape),
+            peak_flops=peak * jax.device_count() if peak else None,
+        )  # fmt: skip
 
         def log_train_metrics() -> None:
             learning_rate = optim.learning_rate_at(schedule, step - 1, replicated)
