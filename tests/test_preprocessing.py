@@ -16,20 +16,93 @@ def test_rescale_smallest_side_is_isotropic():
     assert tuple(pp.rescale_smallest_side(tf.zeros((640, 480, 3)), 384).shape) == (512, 384, 3)
 
 
+def encoded_photo(height=375, width=500, channels=3, png=False, seed=(1, 2)):
+    """A smooth random image (so JPEG keeps it well), encoded."""
+    small = tf.random.stateless_uniform((height // 25 + 1, width // 25 + 1, channels), seed)
+    image = tf.cast(tf.image.resize(small * 255, (height, width)), tf.uint8)
+    return (tf.io.encode_png if png else tf.io.encode_jpeg)(image), image
+
+
 def test_scale_jittering_covers_the_range_and_crops_are_224():
-    image = tf.random.stateless_uniform((60, 80, 3), [1, 2], maxval=255.0)
-    sides, crops = [], set()
-    for seed in seeds(150):
-        jitter_seed, crop_seed = pp.split_seed(seed, 2)
-        scaled = pp.random_smallest_side(image, jitter_seed, 256, 512)
-        sides.append(min(scaled.shape[:2]))
-        crop = pp.random_crop(scaled, crop_seed, 224)
-        assert tuple(crop.shape) == (224, 224, 3)
-        crops.add(float(tf.reduce_sum(crop)))
-    assert 256 <= min(sides) < 270 and 498 < max(sides) <= 512
-    # Roughly uniform: about half the draws in each half of the range.
-    assert 0.35 < np.mean(np.array(sides) < 384) < 0.65
-    assert len(crops) > 140  # crops differ from draw to draw
+    """The window located in a 375x500 original is the crop of the image rescaled to S: its
+    implied S = 224 * 375 / window covers [256, 512] uniformly."""
+    implied_s, offsets = [], set()
+    for seed in seeds(300):
+        top, left, height, width = pp.scale_jitter_window([375, 500], seed, 224, (256, 512)).numpy()
+        assert height == width and 0 <= top <= 375 - height and 0 <= left <= 500 - width
+        implied_s.append(224 * 375 / height)
+        offsets.add((top, left))
+    assert 256 <= min(implied_s) < 262 and 506 < max(implied_s) <= 513
+    assert 0.4 < np.mean(np.array(implied_s) < 384) < 0.6  # about uniform
+    assert len(offsets) > 250
+    encoded, _ = encoded_photo()
+    augmentation = pp.TrainAugmentation(scale=(256, 512), crop=224, flip=True, pca_sigma=0.1)
+    crops = [augmentation(encoded, seed) for seed in seeds(5)]
+    assert all(tuple(crop.shape) == (224, 224, 3) and crop.dtype == tf.float32 for crop in crops)
+    assert len({float(tf.reduce_sum(crop)) for crop in crops}) == 5
+
+
+def test_fixed_scale_crop_is_the_crop_of_the_rescaled_image():
+    """With S fixed at 256, cropping the window and resizing it equals rescaling to 256 then
+    cropping, up to resampling at the window's edges."""
+    encoded, image = encoded_photo(png=True)
+    seed = tf.constant([4, 5])
+    window_seed = pp.split_seed(seed, 3)[0]  # the draw TrainAugmentation makes first
+    top, left, size, _ = pp.scale_jitter_window([375, 500], window_seed, 224, (256, 256)).numpy()
+    ours = pp.TrainAugmentation(scale=(256, 256), crop=224)(encoded, seed)
+    scaled = pp.rescale_smallest_side(image, 256)
+    factor = 256 / 375
+    row, col = round(top * factor), round(left * factor)
+    reference = scaled[row : row + 224, col : col + 224]
+    assert float(tf.reduce_mean(tf.abs(ours[8:-8, 8:-8] - reference[8:-8, 8:-8]))) < 2.0
+
+
+def test_jpeg_window_decodes_only_the_window_and_matches_a_full_decode():
+    encoded, _ = encoded_photo()
+    window = tf.constant([50, 70, 200, 180])
+    cropped = pp.decode_window(encoded, lambda size: window)
+    assert tuple(cropped.shape) == (200, 180, 3)
+    full = tf.io.decode_jpeg(encoded)[50:250, 70:250]
+    difference = np.abs(cropped.numpy().astype(int) - full.numpy().astype(int))
+    # Identical but for chroma upsampling along the window's edges.
+    assert difference.mean() < 0.1 and difference[2:-2, 2:-2].max() <= 1 and difference.max() <= 8
+
+
+def test_inception_crop_area_and_aspect_ratio():
+    fractions, ratios = [], []
+    for seed in seeds(300):
+        top, left, height, width = pp.inception_window(tf.constant([375, 500]), seed).numpy()
+        assert 0 <= top <= 375 - height and 0 <= left <= 500 - width
+        fractions.append(height * width / (375 * 500))
+        ratios.append(width / height)
+    assert min(fractions) >= 0.07 and max(fractions) <= 1.0 and np.median(fractions) < 0.7
+    assert min(ratios) > 0.74 and max(ratios) < 1.35
+    encoded, _ = encoded_photo()
+    crop = pp.TrainAugmentation(crop=224, inception_crop=True)(encoded, tf.constant([1, 1]))
+    assert tuple(crop.shape) == (224, 224, 3)
+
+
+def test_grayscale_and_rgba_images_become_rgb():
+    gray, gray_image = encoded_photo(channels=1, png=True)
+    rgba, rgba_image = encoded_photo(channels=4, png=True)
+    np.testing.assert_array_equal(pp.decode_rgb(gray), tf.repeat(gray_image, 3, axis=-1))
+    np.testing.assert_array_equal(pp.decode_rgb(rgba), rgba_image[..., :3])
+    jpeg_gray, _ = encoded_photo(channels=1)
+    assert tuple(pp.EvalPreprocessing(scale=256, crop=224)(jpeg_gray).shape) == (224, 224, 3)
+
+
+def test_malformed_files_are_recognised():
+    jpeg, _ = encoded_photo()
+    png, _ = encoded_photo(png=True)
+    assert bool(pp.is_well_formed(jpeg)) and bool(pp.is_well_formed(png))
+    assert bool(pp.is_well_formed(tf.strings.join([jpeg, tf.constant(b"\0" * 100)])))
+    for bad in (
+        tf.strings.substr(jpeg, 0, 2000),  # a truncated download
+        tf.strings.substr(png, 0, 2000),
+        tf.constant(b"<html>404 Not Found</html>"),
+        tf.constant(b""),
+    ):
+        assert not bool(pp.is_well_formed(bad))
 
 
 def test_flips_happen_about_half_the_time():
@@ -61,8 +134,12 @@ def test_pca_lighting_noise_has_alexnet_covariance():
 
 
 def test_center_crop_and_normalize():
-    image = tf.reshape(tf.range(6 * 8, dtype=tf.float32), (6, 8, 1))
-    np.testing.assert_array_equal(pp.center_crop(image, 4)[..., 0], image[1:5, 2:6, 0])
+    top, left, height, width = pp.center_window(tf.constant([375, 500]), 224, 256).numpy()
+    assert height == width == round(224 * 375 / 256)
+    assert (top, left) == ((375 - height) // 2, (500 - width) // 2)
+    encoded, image = encoded_photo(32, 40, png=True)
+    centre = pp.EvalPreprocessing(crop=32)(encoded)  # no rescale: exactly the centre pixels
+    np.testing.assert_array_equal(centre, tf.cast(image[:, 4:36], tf.float32))
     pixel = tf.constant([[list(pp.MEAN_RGB)]])
     np.testing.assert_allclose(pp.normalize(pixel), 0.0, atol=1e-6)
     np.testing.assert_allclose(pp.normalize(pixel + tf.constant(pp.STDDEV_RGB)), 1.0, rtol=1e-6)

@@ -1,16 +1,23 @@
 """Training and evaluation data through tensorflow-datasets and tf.data.
 
-Each process reads its own share of a split (tfds.split_for_jax_process) and yields NumPy
-batches shaped (local devices, per-device batch, ...) for the pmapped steps. Training batches
-come in a fixed order per (seed, epoch), so a run resumed mid-epoch sees exactly the batches an
-uninterrupted run would. Evaluation sees every example once: the last batch is padded and the
-padding masked out.
+Data sets: any tensorflow-datasets name (imagenet2012, imagenette, cifar10, cifar100, ...),
+`digits` (built here, offline), or the path of a folder laid out as root/split/class/*.jpg|png
+(tfds.ImageFolder). Each process reads its own share of a split and yields NumPy batches shaped
+(local devices, per-device batch, ...) for the pmapped steps. Images stay encoded until the
+preprocessing decodes the part it keeps. Training batches come in a fixed order per (seed,
+epoch), so a run resumed mid-epoch sees exactly the batches an uninterrupted run would.
+Evaluation sees every example once: the last batch is padded and the padding masked out.
+A file that is not a whole JPEG or PNG is skipped, counted and named (SkippedImages), never
+a crash mid-epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import pathlib
+import threading
 from typing import Iterator
 
 import jax
@@ -19,7 +26,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vgg_jax.datasets import SklearnDigits
-from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation, normalize
+from vgg_jax.preprocessing import (
+    EvalPreprocessing,
+    TrainAugmentation,
+    is_well_formed,
+    normalize,
+)
 
 NO_AUGMENTATION = TrainAugmentation()
 AS_STORED = EvalPreprocessing()
@@ -42,15 +54,146 @@ def keep_tensorflow_off_accelerators() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what tfds.ImageFolder reads
+# Data sets whose files cannot be downloaded automatically: what to fetch, and where it goes.
+MANUAL_DOWNLOADS = {
+    "imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org)",
+}
+
+
+class DatasetUnavailable(ValueError):
+    """A data set that cannot be read as asked, with what to do about it."""
+
+
+def is_folder_dataset(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.path.isdir(name)
+
+
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """The TFDS builder of a data set, prepared (built or downloaded) on first use."""
+    """The TFDS builder of a data set, prepared (built or downloaded) on first use; a folder
+    path gives a tfds.ImageFolder over it."""
     keep_tensorflow_off_accelerators()
+    if is_folder_dataset(name):
+        return image_folder(name)
     if name in LOCAL_BUILDERS:
         builder = LOCAL_BUILDERS[name](data_dir=data_dir)
     else:
-        builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError as error:
+            raise DatasetUnavailable(
+                f"Unknown data set {name!r}: give a tensorflow-datasets name, 'digits', or the "
+                f"path of an image folder laid out as root/split/class/*.jpg."
+            ) from error
+    try:
+        builder.download_and_prepare()
+    except Exception as error:
+        raise DatasetUnavailable(_not_prepared_message(builder, data_dir, error)) from error
     return builder
+
+
+def _not_prepared_message(builder, data_dir: str | None, error: Exception) -> str:
+    root = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
+    base_name = builder.name.split("/")[0]
+    if base_name in MANUAL_DOWNLOADS:
+        return (
+            f"Data set {builder.name!r} is not prepared in {root} and cannot be downloaded "
+            f"automatically. Put {MANUAL_DOWNLOADS[base_name]} in {root / 'downloads' / 'manual'}"
+            f" and run again: tensorflow-datasets then builds it once (this takes hours). "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        )
+    return (
+        f"Could not download and prepare data set {builder.name!r} in {root}: "
+        f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. Without internet, prepare "
+        f"it on a machine that has it and copy {root / builder.name} here."
+    )
+
+
+def image_folder(root: str) -> tfds.core.DatasetBuilder:
+    """tfds.ImageFolder over root/split/class/*.jpg|png, checked: a missing root, no split
+    folders or an empty class folder is an error saying what is wrong."""
+    path = pathlib.Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetUnavailable(
+            f"No image folder at {path}; expected {path}/<split>/<class>/*.jpg"
+        )
+    splits = sorted(p for p in path.iterdir() if p.is_dir())
+    if not splits:
+        raise DatasetUnavailable(
+            f"{path} holds no split folders; expected {path}/<split>/<class>/*.jpg (e.g. "
+            f"{path}/train/cat/0001.jpg)."
+        )
+    for split in splits:
+        classes = sorted(p for p in split.iterdir() if p.is_dir())
+        if not classes:
+            raise DatasetUnavailable(
+                f"Split folder {split} holds no class folders; expected {split}/<class>/*.jpg."
+            )
+        for folder in classes:
+            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir()):
+                raise DatasetUnavailable(
+                    f"Class folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images: add "
+                    f"some or remove the folder (every class folder is a class)."
+                )
+    return tfds.ImageFolder(str(path))
+
+
+class SkippedImages:
+    """Examples the pipeline skipped because they are not whole JPEG/PNG files, by name."""
+
+    def __init__(self):
+        self._names: list[str] = []
+        self._lock = threading.Lock()
+
+    def record(self, name) -> bool:
+        """Called from inside tf.data for each bad example; False drops it."""
+        with self._lock:
+            self._names.append(name.numpy().decode("utf-8", "replace"))
+        return False
+
+    def take(self) -> list[str]:
+        """The names recorded since the last take, each once."""
+        with self._lock:
+            names, self._names = self._names, []
+        return list(dict.fromkeys(names))
+
+
+def _encoded_examples(builder, split: str, drop_remainder: bool) -> tf.data.Dataset:
+    """This process's share of a split, images still encoded, each with a name for reports."""
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    if isinstance(builder, tfds.ImageFolder):
+        # ImageFolder takes whole split names only: share its examples out by index.
+        ds = builder.as_dataset(split=split, decoders=decoders)
+        ds = ds.shard(jax.process_count(), jax.process_index())
+        if drop_remainder:
+            ds = ds.take(builder.info.splits[split].num_examples // jax.process_count())
+    else:
+        process_split = tfds.split_for_jax_process(split, drop_remainder=drop_remainder)
+        ds = builder.as_dataset(split=process_split, decoders=decoders)
+    features = builder.info.features
+
+    def named(example):
+        name = None
+        for key in ("image/filename", "file_name"):
+            if key in features:
+                name = example[key]
+        if name is None:
+            name = tf.strings.join([builder.name, split, "example"], " ")
+        return {"image": example["image"], "label": example["label"], "name": name}
+
+    return ds.map(named)
+
+
+def _drop_malformed(ds: tf.data.Dataset, skipped: SkippedImages) -> tf.data.Dataset:
+    def keep(*args):
+        example = args[-1]
+        return tf.cond(
+            is_well_formed(example["image"]),
+            lambda: tf.constant(True),
+            lambda: tf.reshape(tf.py_function(skipped.record, [example["name"]], tf.bool), []),
+        )
+
+    return ds.filter(keep)
 
 
 def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
@@ -77,6 +220,7 @@ def augmentation_from_config(config) -> TrainAugmentation:
         crop=config.crop_size or None,
         flip=config.random_flip,
         pca_sigma=config.pca_lighting,
+        inception_crop=config.inception_crop,
     )
 
 
@@ -131,15 +275,21 @@ def train_batches(
     skip_batches: int = 0,
     shuffle_buffer_size: int = 16_384,
     augmentation: TrainAugmentation = NO_AUGMENTATION,
+    skipped: SkippedImages | None = None,
 ) -> Iterator[dict]:
     """One epoch of shuffled, augmented training batches for this process, from batch
     `skip_batches` on. The order and every random draw depend only on (seed, epoch, position),
-    so a resumed epoch yields exactly the batches the uninterrupted one would have."""
+    so a resumed epoch yields exactly the batches the uninterrupted one would have. Malformed
+    images are left out and recorded in `skipped`; fewer batches than steps_per_epoch come only
+    when over half the split is unreadable."""
     epoch_seed = seed * 100_003 + epoch
     batch_size = local_batch_size(global_batch_size)
-    ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=True))
+    ds = _encoded_examples(builder, split, drop_remainder=True)
     ds = ds.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(skip_batches * batch_size)
+    # A second pass over the same order tops the epoch up to its full count of batches when
+    # bad files were dropped; positions (and so every random draw) are the same either way.
+    ds = ds.enumerate().repeat(2).skip(skip_batches * batch_size)
+    ds = _drop_malformed(ds, skipped or SkippedImages())
 
     def prepare(position, example):
         example_seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
@@ -147,7 +297,11 @@ def train_batches(
         return {"image": normalize(image), "label": tf.cast(example["label"], tf.int32)}
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    # A file that looks whole but fails to decode: dropped (and logged by TensorFlow) too.
+    ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    num_batches = steps_per_epoch(builder.info.splits[split].num_examples, global_batch_size)
+    ds = ds.take(num_batches - skip_batches).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):
         yield _to_devices(batch)
 
@@ -157,26 +311,36 @@ def eval_batches(
     split: str,
     global_batch_size: int,
     preprocessing: EvalPreprocessing = AS_STORED,
+    skipped: SkippedImages | None = None,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> Iterator[dict]:
     """Every example of this process's share once, padded to full batches with mask 0.
 
     Every process yields the same number of batches, so the cross-device sums never wait.
+    Malformed images are left out and recorded in `skipped`. `image_shape` (H, W, C) shapes
+    the padding of a process whose share is empty.
     """
     batch_size = local_batch_size(global_batch_size)
     total = builder.info.splits[split].num_examples
     num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch_size)
-    ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=False))
+    ds = _drop_malformed(_encoded_examples(builder, split, False), skipped or SkippedImages())
 
     def prepare(example):
         image = normalize(preprocessing(example["image"]))
         return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+    ds = ds.batch(batch_size)
     batches = iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
-    shape = None
+    shape = image_shape
     for _ in range(num_batches):
         batch = next(batches, None)
         if batch is None:  # this process's share ran out before another's: all padding
+            if shape is None:
+                raise ValueError(
+                    f"This process has no example of split {split!r} to evaluate; pass "
+                    f"image_shape so it can send padding."
+                )
             batch = {"image": np.zeros((0, *shape), np.float32), "label": np.zeros(0, np.int32)}
         shape = batch["image"].shape[1:]
         yield _to_devices(_pad(batch, batch_size))

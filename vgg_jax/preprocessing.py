@@ -1,9 +1,11 @@
 """The paper's image preprocessing as small composable tf.data ops (Section 3.1 and 3.2).
 
-Each op maps one image to one image. Random ops take a stateless seed (an int32 tensor of
-shape [2]), so the same seed always gives the same image: a pipeline that derives seeds from
-(run seed, epoch, example) is reproducible and resumable. Images are float32 on the 0-255 scale
-until `normalize`.
+Images arrive encoded (JPEG or PNG bytes). A crop is located first, in the original image's
+coordinates, and only that window is decoded (tf.image.decode_and_crop_jpeg), so a full-size
+JPEG is never decoded whole to keep 224x224 of it. Random ops take a stateless seed (an int32
+tensor of shape [2]), so the same seed always gives the same image: a pipeline that derives
+seeds from (run seed, epoch, example) is reproducible and resumable. Decoded images are RGB
+(grayscale and RGBA converted), float32 on the 0-255 scale until `normalize`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ IMAGENET_PCA_EIGENVECTORS = (
 )
 
 
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+# Cameras and editors may write padding after a JPEG's end marker: search this far back.
+END_MARKER_SEARCH_BYTES = 1024
+# Inception-style random-resized crops (Szegedy et al. 2015), as torchvision's defaults.
+INCEPTION_AREA = (0.08, 1.0)
+INCEPTION_ASPECT_RATIO = (3 / 4, 4 / 3)
+
+
 def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
     """`num` independent stateless seeds from one, shape [num, 2]."""
     return tf.random.experimental.stateless_split(seed, num=num)
@@ -41,23 +52,105 @@ def rescale_smallest_side(image: tf.Tensor, size) -> tf.Tensor:
     return tf.image.resize(tf.cast(image, tf.float32), new_shape, antialias=True)
 
 
-def random_smallest_side(image: tf.Tensor, seed, min_size: int, max_size: int) -> tf.Tensor:
-    """Scale jittering: the smaller side becomes S, drawn uniformly from [min_size, max_size]."""
-    size = tf.random.stateless_uniform(
-        [], seed, minval=min_size, maxval=max_size + 1, dtype=tf.int32
+def _contains_near_end(encoded: tf.Tensor, marker: bytes) -> tf.Tensor:
+    length = tf.strings.length(encoded)
+    search = tf.minimum(length, END_MARKER_SEARCH_BYTES)
+    tail = tf.io.decode_raw(tf.strings.substr(encoded, length - search, search), tf.uint8)
+    positions = tf.maximum(tf.shape(tail)[0] - len(marker) + 1, 0)
+    found = tf.ones([positions], tf.bool)
+    for offset, byte in enumerate(marker):
+        found &= tail[offset : offset + positions] == byte
+    return tf.reduce_any(found)
+
+
+def is_well_formed(encoded: tf.Tensor) -> tf.Tensor:
+    """True for a JPEG or PNG file that starts and ends as one should.
+
+    Catches truncated downloads and files that are not images before the decoder sees them,
+    so the pipeline can skip them instead of failing mid-epoch.
+    """
+    start = tf.strings.substr(encoded, 0, len(PNG_START))
+    is_jpeg = tf.strings.substr(encoded, 0, len(JPEG_START)) == JPEG_START
+    is_png = start == PNG_START
+    return tf.cond(
+        is_jpeg,
+        lambda: _contains_near_end(encoded, JPEG_END),
+        lambda: tf.logical_and(is_png, _contains_near_end(encoded, PNG_END)),
     )
-    return rescale_smallest_side(image, size)
 
 
-def random_crop(image: tf.Tensor, seed, size: int) -> tf.Tensor:
-    """One size x size crop at a uniformly random position."""
-    return tf.image.stateless_random_crop(image, [size, size, tf.shape(image)[-1]], seed)
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+    """A JPEG or PNG as uint8 RGB: grayscale is repeated over 3 channels, alpha dropped."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
 
 
-def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    top, left = (height - size) // 2, (width - size) // 2
-    return image[top : top + size, left : left + size]
+def decode_window(encoded: tf.Tensor, window_fn) -> tf.Tensor:
+    """Decodes only the window [top, left, height, width] that window_fn(image_size) picks.
+
+    JPEGs are decoded and cropped in one op (their size is read from the header); PNGs must be
+    decoded whole first.
+    """
+
+    def from_jpeg():
+        size = tf.image.extract_jpeg_shape(encoded)[:2]
+        return tf.image.decode_and_crop_jpeg(encoded, window_fn(size), channels=3)
+
+    def from_other():
+        image = decode_rgb(encoded)
+        window = window_fn(tf.shape(image)[:2])
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    image = tf.cond(tf.image.is_jpeg(encoded), from_jpeg, from_other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def scale_jitter_window(size, seed, crop: int, scale: tuple[int, int] | None) -> tf.Tensor:
+    """The paper's training crop, located in the original image: rescaling the smaller side to
+    S ~ U{S_min..S_max} and cutting a random crop x crop square there is cutting a random
+    (crop * side / S)-pixel square here and resizing it to crop x crop. scale=None: S = side."""
+    size_seed, top_seed, left_seed = tf.unstack(split_seed(seed, 3))
+    side = tf.reduce_min(size)
+    if scale is None:
+        window = tf.minimum(tf.cast(crop, tf.int32), side)
+    else:
+        target = tf.random.stateless_uniform(
+            [], size_seed, minval=scale[0], maxval=scale[1] + 1, dtype=tf.int32
+        )
+        window = tf.cast(
+            tf.round(crop * tf.cast(side, tf.float32) / tf.cast(target, tf.float32)), tf.int32
+        )
+        window = tf.clip_by_value(window, 1, side)
+    top = tf.random.stateless_uniform([], top_seed, 0, size[0] - window + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], left_seed, 0, size[1] - window + 1, dtype=tf.int32)
+    return tf.stack([top, left, window, window])
+
+
+def inception_window(size, seed) -> tf.Tensor:
+    """A random-resized crop: 8%-100% of the area, aspect ratio 3/4-4/3 (whole image if no
+    draw fits in 10 attempts)."""
+    begin, window, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.concat([size, [3]], 0),
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=INCEPTION_ASPECT_RATIO,
+        area_range=INCEPTION_AREA,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], window[0], window[1]])
+
+
+def center_window(size, crop: int, scale: int | None) -> tf.Tensor:
+    """The centre crop x crop square of the image rescaled to smaller side `scale`, located in
+    the original image."""
+    side = tf.cast(tf.reduce_min(size), tf.float32)
+    window = crop if scale is None else tf.round(crop * side / scale)
+    window = tf.clip_by_value(tf.cast(window, tf.int32), 1, tf.reduce_min(size))
+    return tf.stack([(size[0] - window) // 2, (size[1] - window) // 2, window, window])
 
 
 def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
@@ -81,29 +174,46 @@ def normalize(image: tf.Tensor, mean=MEAN_RGB, stddev=STDDEV_RGB) -> tf.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class TrainAugmentation:
-    """The paper's training preprocessing, each step optional (Section 3.1):
-    rescale the smaller side to S drawn from `scale` = (S_min, S_max) (S_min == S_max: fixed
-    S), one random `crop` x `crop` crop, a random horizontal flip, PCA lighting noise."""
+    """The paper's training preprocessing, each step optional (Section 3.1): rescale the
+    smaller side to S drawn from `scale` = (S_min, S_max) (S_min == S_max: fixed S) and cut one
+    random `crop` x `crop` square, or with `inception_crop` a random-resized crop instead; a
+    random horizontal flip; PCA lighting noise."""
 
     scale: tuple[int, int] | None = None
     crop: int | None = None
     flip: bool = False
     pca_sigma: float = 0.0
+    inception_crop: bool = False
 
     def __post_init__(self):
         if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale must be (S_min, S_max) with 0 < S_min <= S_max: {self.scale}")
         if self.scale is not None and self.crop and self.crop > self.scale[0]:
             raise ValueError(f"A {self.crop}-pixel crop needs S_min >= {self.crop}: {self.scale}")
+        if self.inception_crop and (not self.crop or self.scale is not None):
+            raise ValueError(
+                "inception_crop replaces scale jittering: give crop (e.g. 224) and no scale."
+            )
 
-    def __call__(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """uint8 or float image -> float32, 0-255 scale, not yet normalised."""
-        scale_seed, crop_seed, flip_seed, pca_seed = tf.unstack(split_seed(seed, 4))
+    def __call__(self, encoded: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """JPEG/PNG bytes -> float32 RGB on the 0-255 scale, not yet normalised."""
+        window_seed, flip_seed, pca_seed = tf.unstack(split_seed(seed, 3))
+        if self.inception_crop:
+            image = decode_window(encoded, lambda size: inception_window(size, window_seed))
+        elif self.crop:
+            image = decode_window(
+                encoded, lambda size: scale_jitter_window(size, window_seed, self.crop, self.scale)
+            )
+        else:
+            image = decode_rgb(encoded)
         image = tf.cast(image, tf.float32)
-        if self.scale is not None:
-            image = random_smallest_side(image, scale_seed, *self.scale)
         if self.crop:
-            image = random_crop(image, crop_seed, self.crop)
+            image = tf.image.resize(image, [self.crop, self.crop], antialias=True)
+        elif self.scale is not None:
+            size = tf.random.stateless_uniform(
+                [], window_seed, minval=self.scale[0], maxval=self.scale[1] + 1, dtype=tf.int32
+            )
+            image = rescale_smallest_side(image, size)
         if self.flip:
             image = random_flip(image, flip_seed)
         if self.pca_sigma:
@@ -113,15 +223,20 @@ class TrainAugmentation:
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocessing:
-    """Test-time preprocessing (Section 3.2): smaller side to Q, then a centre crop."""
+    """Test-time preprocessing (Section 3.2): smaller side to Q (`scale`), then a centre
+    `crop`; without a crop the whole rescaled image (dense evaluation)."""
 
     scale: int | None = None
     crop: int | None = None
 
-    def __call__(self, image: tf.Tensor) -> tf.Tensor:
-        image = tf.cast(image, tf.float32)
+    def __call__(self, encoded: tf.Tensor) -> tf.Tensor:
+        """JPEG/PNG bytes -> float32 RGB on the 0-255 scale, not yet normalised."""
+        if self.crop:
+            image = decode_window(encoded, lambda size: center_window(size, self.crop, self.scale))
+            return tf.image.resize(
+                tf.cast(image, tf.float32), [self.crop, self.crop], antialias=True
+            )
+        image = tf.cast(decode_rgb(encoded), tf.float32)
         if self.scale:
             image = rescale_smallest_side(image, self.scale)
-        if self.crop:
-            image = center_crop(image, self.crop)
         return image

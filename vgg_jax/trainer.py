@@ -146,11 +146,21 @@ def _setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler
 
 
 def evaluate(
-    p_eval_step, state, builder, split: str, batch_size: int, preprocessing
+    p_eval_step,
+    state,
+    builder,
+    split: str,
+    batch_size: int,
+    preprocessing,
+    skipped=None,
+    image_shape=None,
 ) -> dict[str, float]:
-    """Loss and top-1/top-5 accuracy over every example of `split`."""
+    """Loss and top-1/top-5 accuracy over every readable example of `split`."""
     totals = None
-    for batch in input_pipeline.eval_batches(builder, split, batch_size, preprocessing):
+    batches = input_pipeline.eval_batches(
+        builder, split, batch_size, preprocessing, skipped=skipped, image_shape=image_shape
+    )
+    for batch in batches:
         sums = p_eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = unreplicate(totals)
@@ -229,12 +239,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     writer = None
     checkpoints = None
     try:
-        builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
-        info = input_pipeline.describe(builder, config.train_split, config.eval_split)
-        input_shape = input_pipeline.model_input_shape(config, info)
-        augmentation = input_pipeline.augmentation_from_config(config)
-        eval_preprocessing = input_pipeline.eval_preprocessing_from_config(config)
-        steps_per_epoch = input_pipeline.steps_per_epoch(info.train_examples, config.batch_size)
+        try:
+            builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
+            info = input_pipeline.describe(builder, config.train_split, config.eval_split)
+            input_shape = input_pipeline.model_input_shape(config, info)
+            augmentation = input_pipeline.augmentation_from_config(config)
+            eval_preprocessing = input_pipeline.eval_preprocessing_from_config(config)
+            steps_per_epoch = input_pipeline.steps_per_epoch(info.train_examples, config.batch_size)
+        except ValueError as error:  # the data set, as configured, cannot be read
+            raise TrainingError(str(error)) from None
+        skipped = input_pipeline.SkippedImages()
+        skipped_total = 0
         total_steps = config.num_epochs * steps_per_epoch
         if config.max_steps:
             total_steps = min(total_steps, config.max_steps)
@@ -301,7 +316,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 batches = input_pipeline.train_batches(
                     builder, config.train_split, config.batch_size, epoch, config.seed,
                     skip_batches=skip, shuffle_buffer_size=config.shuffle_buffer_size,
-                    augmentation=augmentation,
+                    augmentation=augmentation, skipped=skipped,
                 )  # fmt: skip
                 progress = tqdm(
                     total=steps_per_epoch, initial=skip, unit="step", disable=not is_main,
@@ -323,11 +338,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                     if step % config.checkpoint_every_steps == 0 and step != epoch_end:
                         save()
                 progress.close()
+                if step < epoch_end and stop["signal"] is None:
+                    raise TrainingError(
+                        f"Epoch {epoch + 1} ended after step {step} of {epoch_end}: most of "
+                        f"{config.train_split!r} could not be read (see the skipped files above)."
+                    )
                 if step % steps_per_epoch == 0 and stop["signal"] is None:
+                    skipped_total += _report_skipped(skipped, f"epoch {epoch + 1} (training)")
                     metrics = evaluate(
                         p_eval_step, replicated, builder, config.eval_split, config.batch_size,
-                        eval_preprocessing,
+                        eval_preprocessing, skipped, input_shape,
                     )  # fmt: skip
+                    skipped_total += _report_skipped(skipped, f"epoch {epoch + 1} (evaluation)")
                     replicated = _after_evaluation(config, replicated, metrics)
                     if record["best"] is None or (
                         metrics["top1_accuracy"] > record["best"]["top1_accuracy"]
@@ -338,7 +360,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 elif step == total_steps or stop["signal"] is not None:
                     save()
         checkpoints.wait()
-        return _summary(record, step, total_steps, stop["signal"], started, workdir)
+        skipped_total += _report_skipped(skipped, "the last steps")
+        return _summary(record, step, total_steps, stop["signal"], started, workdir, skipped_total)
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -388,7 +411,18 @@ def _nan_message(step: int, checkpoints: Checkpoints) -> str:
     )
 
 
-def _summary(record, step, total_steps, signal_name, started, workdir) -> dict:
+def _report_skipped(skipped, when: str) -> int:
+    """Logs the images skipped since the last report, by file name; returns how many."""
+    names = skipped.take()
+    if names:
+        logger.warning(
+            "Skipped %d images in %s that are not whole JPEG/PNG files: %s",
+            len(names), when, ", ".join(names),
+        )  # fmt: skip
+    return len(names)
+
+
+def _summary(record, step, total_steps, signal_name, started, workdir, skipped_images) -> dict:
     best = record.get("best") or {}
     summary = {
         "step": step,
@@ -398,6 +432,7 @@ def _summary(record, step, total_steps, signal_name, started, workdir) -> dict:
         "best_top5_accuracy": best.get("top5_accuracy"),
         "best_step": best.get("step"),
         "wall_time_seconds": time.time() - started,
+        "skipped_images": skipped_images,
         "workdir": str(workdir),
     }
     if jax.process_index() == 0:

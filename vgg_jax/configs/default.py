@@ -28,6 +28,8 @@ def get_config() -> ConfigDict:
     config.crop_size = 0  # random crop in training, centre crop in evaluation; 0: whole image
     config.random_flip = False  # digits are not mirror-symmetric
     config.pca_lighting = 0.0  # sigma of AlexNet's colour noise (the paper's recipe: 0.1)
+    # Inception-style random-resized crops of crop_size instead of the paper's S and crop.
+    config.inception_crop = False
     config.eval_scale = 0  # Q: smaller side before the centre crop; 0 keeps it
 
     # Optimisation (Section 3.1): SGD, momentum 0.9, L2 5e-4 on kernels.

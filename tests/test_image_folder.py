@@ -1,0 +1,193 @@
+"""Folder data sets (root/split/class/*.jpg|png through tfds.ImageFolder) and bad data."""
+
+import collections
+import json
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from training_setup import small_config
+
+from vgg_jax import input_pipeline
+from vgg_jax.input_pipeline import DatasetUnavailable
+from vgg_jax.preprocessing import MEAN_RGB, STDDEV_RGB, EvalPreprocessing, TrainAugmentation
+from vgg_jax.trainer import TrainingError, train_and_evaluate
+
+# Each class is one colour, so a decoded image shows which folder it came from.
+CLASS_COLOURS = {"cat": (220, 30, 30), "dog": (30, 220, 30), "fox": (30, 30, 220)}
+GOOD_PER_CLASS = {"train": 6, "val": 3}
+
+
+def write_image(path, colour, channels=3, size=(40, 48)):
+    pixels = np.broadcast_to(np.array(colour, np.uint8), (*size, 3))
+    if channels == 1:
+        pixels = pixels.max(axis=-1, keepdims=True)
+    if channels == 4:
+        pixels = np.concatenate([pixels, np.full((*size, 1), 128, np.uint8)], axis=-1)
+    encode = tf.io.encode_png if path.suffix == ".png" else tf.io.encode_jpeg
+    path.write_bytes(encode(pixels).numpy())
+
+
+def make_folder(root):
+    """train/ and val/ with three classes of JPEGs and PNGs, plus in train/: a grayscale JPEG,
+    an RGBA PNG, a file of junk and a truncated JPEG."""
+    for split, count in GOOD_PER_CLASS.items():
+        for name, colour in CLASS_COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                write_image(folder / f"{i}.{'png' if i % 2 else 'jpg'}", colour)
+    write_image(root / "train" / "cat" / "gray.jpg", CLASS_COLOURS["cat"], channels=1)
+    write_image(root / "train" / "dog" / "rgba.png", CLASS_COLOURS["dog"], channels=4)
+    (root / "train" / "fox" / "junk.jpg").write_bytes(b"this is not an image" * 10)
+    whole = (root / "train" / "fox" / "0.jpg").read_bytes()
+    (root / "train" / "fox" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "pets")
+
+
+def readable(split):
+    extra = 2 if split == "train" else 0  # the grayscale and the RGBA images
+    return GOOD_PER_CLASS[split] * len(CLASS_COLOURS) + extra
+
+
+def test_folder_loads_through_tfds_with_labels_from_class_folders(folder):
+    builder = input_pipeline.get_builder(str(folder))
+    info = input_pipeline.describe(builder, "train", "val")
+    assert info.num_classes == 3 and info.train_examples == readable("train") + 2
+    assert builder.info.features["label"].names == sorted(CLASS_COLOURS)
+
+    skipped = input_pipeline.SkippedImages()
+    images, labels = [], []
+    batches = input_pipeline.eval_batches(
+        builder, "train", 4, EvalPreprocessing(crop=32), skipped=skipped
+    )
+    for batch in batches:
+        keep = batch["mask"].ravel() == 1
+        images.append(batch["image"].reshape(-1, 32, 32, 3)[keep])
+        labels.append(batch["label"].ravel()[keep])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    # Every readable image once, the two bad ones skipped and named.
+    assert len(labels) == readable("train")
+    assert sorted(name.rsplit("/", 1)[-1] for name in skipped.take()) == ["cut.jpg", "junk.jpg"]
+    assert collections.Counter(labels.tolist()) == {0: 7, 1: 7, 2: 6}
+    # Labels follow the class folders: each image shows its class's colour, in RGB.
+    rgb = images.mean(axis=(1, 2)) * np.array(STDDEV_RGB) + np.array(MEAN_RGB)
+    names = sorted(CLASS_COLOURS)
+    for colour, label in zip(rgb, labels, strict=True):
+        if names[label] == "cat" and np.allclose(colour, colour[0], atol=3):
+            continue  # the grayscale cat: grey, with three equal channels
+        assert np.argmax(colour) == np.argmax(CLASS_COLOURS[names[label]])
+
+
+def test_training_batches_skip_bad_files_and_keep_going(folder):
+    builder = input_pipeline.get_builder(str(folder))
+    skipped = input_pipeline.SkippedImages()
+    augmentation = TrainAugmentation(scale=(32, 40), crop=32, flip=True)
+    batches = list(
+        input_pipeline.train_batches(
+            builder, "train", 4, epoch=0, seed=0, augmentation=augmentation, skipped=skipped
+        )
+    )
+    # 22 files make 5 batches of 4 even with 2 bad: the epoch is topped up from its start.
+    assert len(batches) == (readable("train") + 2) // 4
+    assert all(b["image"].shape == (4, 1, 32, 32, 3) for b in batches)
+    assert len(skipped.take()) == 2  # each named once, even if the top-up met it again
+
+
+def test_two_processes_read_disjoint_shards_of_a_folder(folder, monkeypatch):
+    builder = input_pipeline.get_builder(str(folder))
+
+    def labels_seen():
+        batches = input_pipeline.eval_batches(builder, "val", 8, EvalPreprocessing(crop=32))
+        return [
+            (int(label), float(image.sum()))
+            for batch in batches
+            for label, image, keep in zip(
+                batch["label"].ravel(),
+                batch["image"].reshape(-1, 32 * 32 * 3),
+                batch["mask"].ravel(),
+                strict=True,
+            )  # fmt: skip
+            if keep
+        ]
+
+    everything = labels_seen()
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    shards = []
+    for index in range(2):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        shards.append(labels_seen())
+    assert sorted(map(len, shards)) == [4, 5]
+    assert collections.Counter(shards[0]) + collections.Counter(shards[1]) == (
+        collections.Counter(everything)
+    )
+
+
+def test_folder_mistakes_are_explained(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="No image folder at"):
+        input_pipeline.get_builder(str(tmp_path / "missing"))
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DatasetUnavailable, match="holds no split folders"):
+        input_pipeline.get_builder(str(tmp_path / "flat"))
+    root = tmp_path / "data"
+    write_image_dir = root / "train" / "cat"
+    write_image_dir.mkdir(parents=True)
+    write_image(write_image_dir / "a.jpg", (1, 2, 3))
+    (root / "train" / "dog").mkdir()
+    (root / "train" / "dog" / "notes.txt").write_text("no images here")
+    with pytest.raises(DatasetUnavailable, match=r"Class folder .*train/dog holds no"):
+        input_pipeline.get_builder(str(root))
+    (root / "train" / "dog" / "notes.txt").unlink()
+    (root / "train" / "dog").rmdir()
+    builder = input_pipeline.get_builder(str(root))
+    with pytest.raises(ValueError, match="has no split 'validation'; it has train"):
+        input_pipeline.describe(builder, "train", "validation")
+
+
+def test_imagenet_not_downloaded_says_where_the_tars_go(tmp_path):
+    with pytest.raises(DatasetUnavailable) as error:
+        input_pipeline.get_builder("imagenet2012", str(tmp_path))
+    message = str(error.value)
+    assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
+    assert str(tmp_path / "downloads" / "manual") in message
+    with pytest.raises(DatasetUnavailable, match="Unknown data set 'imagenet2013'"):
+        input_pipeline.get_builder("imagenet2013", str(tmp_path))
+
+
+def test_training_on_a_folder_counts_and_names_skipped_files(folder, tmp_path):
+    config = small_config(
+        dataset=str(folder), eval_split="val", crop_size=32, train_scale=(32, 40),
+        batch_size=4, num_epochs=2, log_every_steps=2, checkpoint_every_steps=100,
+    )  # fmt: skip
+    summary = train_and_evaluate(config, tmp_path / "run")
+    assert summary["finished"] and summary["step"] == 2 * ((readable("train") + 2) // 4)
+    # Two bad files skipped in each of two epochs, none in evaluation.
+    assert summary["skipped_images"] == 4
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Skipped 2 images in epoch 1 (training)" in log and "junk.jpg" in log
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"] == 4
+
+
+def test_a_folder_without_crop_size_is_refused(folder, tmp_path):
+    config = small_config(dataset=str(folder), eval_split="val", crop_size=0)
+    with pytest.raises(TrainingError, match="vary in size: set config.crop_size"):
+        train_and_evaluate(config, tmp_path / "run")
+
+
+def test_a_mostly_unreadable_folder_stops_with_a_clear_error(tmp_path):
+    root = tmp_path / "broken"
+    for split in ("train", "val"):
+        for name, colour in CLASS_COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            write_image(root / split / name / "good.jpg", colour)
+            for i in range(5):
+                (root / split / name / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff" + b"0" * 50)
+    config = small_config(dataset=str(root), eval_split="val", crop_size=32, batch_size=4)
+    with pytest.raises(TrainingError, match="Epoch 1 ended after step 1 of 4: most of 'train'"):
+        train_and_evaluate(config, tmp_path / "run")
