@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from vgg_jax import normalization
 from vgg_jax import preprocessing as pp
 
 
@@ -37,8 +38,8 @@ def test_scale_jittering_covers_the_range_and_crops_are_224():
     assert len(offsets) > 250
     encoded, _ = encoded_photo()
     augmentation = pp.TrainAugmentation(scale=(256, 512), crop=224, flip=True, pca_sigma=0.1)
-    crops = [augmentation(encoded, seed) for seed in seeds(5)]
-    assert all(tuple(crop.shape) == (224, 224, 3) and crop.dtype == tf.float32 for crop in crops)
+    crops = [augmentation(encoded, seed)[0] for seed in seeds(5)]
+    assert all(tuple(crop.shape) == (224, 224, 3) and crop.dtype == tf.uint8 for crop in crops)
     assert len({float(tf.reduce_sum(crop)) for crop in crops}) == 5
 
 
@@ -49,7 +50,8 @@ def test_fixed_scale_crop_is_the_crop_of_the_rescaled_image():
     seed = tf.constant([4, 5])
     window_seed = pp.split_seed(seed, 3)[0]  # the draw TrainAugmentation makes first
     top, left, size, _ = pp.scale_jitter_window([375, 500], window_seed, 224, (256, 256)).numpy()
-    ours = pp.TrainAugmentation(scale=(256, 256), crop=224)(encoded, seed)
+    ours, _ = pp.TrainAugmentation(scale=(256, 256), crop=224)(encoded, seed)
+    ours = tf.cast(ours, tf.float32)
     scaled = pp.rescale_smallest_side(image, 256)
     factor = 256 / 375
     row, col = round(top * factor), round(left * factor)
@@ -78,7 +80,7 @@ def test_inception_crop_area_and_aspect_ratio():
     assert min(fractions) >= 0.07 and max(fractions) <= 1.0 and np.median(fractions) < 0.7
     assert min(ratios) > 0.74 and max(ratios) < 1.35
     encoded, _ = encoded_photo()
-    crop = pp.TrainAugmentation(crop=224, inception_crop=True)(encoded, tf.constant([1, 1]))
+    crop, _ = pp.TrainAugmentation(crop=224, inception_crop=True)(encoded, tf.constant([1, 1]))
     assert tuple(crop.shape) == (224, 224, 3)
 
 
@@ -114,22 +116,27 @@ def test_flips_happen_about_half_the_time():
 
 
 def test_pca_lighting_noise_has_alexnet_covariance():
-    shifts = np.stack(
-        [
-            pp.pca_lighting(tf.zeros((1, 1, 3)), seed, sigma=0.1).numpy()[0, 0]
-            for seed in seeds(3000)
-        ]
-    )
-    vectors = np.array(pp.IMAGENET_PCA_EIGENVECTORS)
-    values = np.array(pp.IMAGENET_PCA_EIGENVALUES)
+    shifts = np.stack([pp.pca_lighting_shift(seed, sigma=0.1).numpy() for seed in seeds(3000)])
+    vectors = np.array(normalization.IMAGENET_PCA_EIGENVECTORS)
+    values = np.array(normalization.IMAGENET_PCA_EIGENVALUES)
     expected = 255.0**2 * 0.1**2 * vectors @ np.diag(values**2) @ vectors.T
     measured = np.cov(shifts, rowvar=False)
     assert np.linalg.norm(measured - expected) < 0.1 * np.linalg.norm(expected)
     np.testing.assert_allclose(shifts.mean(axis=0), 0.0, atol=0.1 * np.sqrt(expected[0, 0]))
-    # The same seed gives the same shift.
+    # The same seed gives the same shift; the augmentation returns it beside the image.
     seed = tf.constant([7, 7])
-    np.testing.assert_array_equal(
-        pp.pca_lighting(tf.zeros((1, 1, 3)), seed), pp.pca_lighting(tf.zeros((1, 1, 3)), seed)
+    np.testing.assert_array_equal(pp.pca_lighting_shift(seed), pp.pca_lighting_shift(seed))
+    encoded, _ = encoded_photo(64, 64, png=True)
+    image, shift = pp.TrainAugmentation(crop=48, pca_sigma=0.1)(encoded, seed)
+    assert image.dtype == tf.uint8 and tuple(image.shape) == (48, 48, 3)
+    np.testing.assert_array_equal(shift, pp.pca_lighting_shift(pp.split_seed(seed, 3)[2]))
+    # On the device, the shift is added to every pixel before normalising.
+    pixels = np.full((1, 2, 2, 3), 100, np.uint8)
+    lit = normalization.normalize(pixels, shift.numpy()[None])
+    np.testing.assert_allclose(
+        lit[0, 1, 1],
+        (100 + shift.numpy() - normalization.MEAN_RGB) / normalization.STDDEV_RGB,
+        rtol=1e-5,
     )
 
 
@@ -139,7 +146,15 @@ def test_center_crop_and_normalize():
     assert (top, left) == ((375 - height) // 2, (500 - width) // 2)
     encoded, image = encoded_photo(32, 40, png=True)
     centre = pp.EvalPreprocessing(crop=32)(encoded)  # no rescale: exactly the centre pixels
-    np.testing.assert_array_equal(centre, tf.cast(image[:, 4:36], tf.float32))
-    pixel = tf.constant([[list(pp.MEAN_RGB)]])
-    np.testing.assert_allclose(pp.normalize(pixel), 0.0, atol=1e-6)
-    np.testing.assert_allclose(pp.normalize(pixel + tf.constant(pp.STDDEV_RGB)), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(centre, image[:, 4:36])
+    pixel = np.array([[normalization.MEAN_RGB]], np.float32)
+    np.testing.assert_allclose(normalization.normalize(pixel), 0.0, atol=1e-5)
+    above = pixel + np.array(normalization.STDDEV_RGB, np.float32)
+    np.testing.assert_allclose(normalization.normalize(above), 1.0, rtol=1e-5)
+    # uint8 batches from the pipeline are normalised in the step; float ones pass as they are.
+    batch = {"image": np.full((1, 2, 2, 3), 124, np.uint8)}
+    np.testing.assert_allclose(
+        normalization.model_input(batch), normalization.normalize(batch["image"])
+    )
+    floats = {"image": np.ones((1, 2, 2, 3), np.float32)}
+    assert normalization.model_input(floats) is floats["image"]

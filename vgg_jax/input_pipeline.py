@@ -3,9 +3,11 @@
 Data sets: any tensorflow-datasets name (imagenet2012, imagenette, cifar10, cifar100, ...),
 `digits` (built here, offline), or the path of a folder laid out as root/split/class/*.jpg|png
 (tfds.ImageFolder). Each process reads its own share of a split and yields NumPy batches shaped
-(local devices, per-device batch, ...) for the pmapped steps. Images stay encoded until the
-preprocessing decodes the part it keeps. Training batches come in a fixed order per (seed,
-epoch), so a run resumed mid-epoch sees exactly the batches an uninterrupted run would.
+(local devices, per-device batch, ...) for the pmapped steps: uint8 images (normalised on the
+accelerator, vgg_jax.normalization), labels, and with PCA lighting each image's RGB shift.
+Images stay encoded until the preprocessing decodes the part it keeps. Training batches come
+in a fixed order per (seed, epoch), so a run resumed mid-epoch sees exactly the batches an
+uninterrupted run would.
 Evaluation sees every example once: the last batch is padded and the padding masked out.
 A file that is not a whole JPEG or PNG is skipped, counted and named (SkippedImages), never
 a crash mid-epoch.
@@ -26,12 +28,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vgg_jax.datasets import SklearnDigits
-from vgg_jax.preprocessing import (
-    EvalPreprocessing,
-    TrainAugmentation,
-    is_well_formed,
-    normalize,
-)
+from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation, is_well_formed
 
 NO_AUGMENTATION = TrainAugmentation()
 AS_STORED = EvalPreprocessing()
@@ -293,8 +290,11 @@ def train_batches(
 
     def prepare(position, example):
         example_seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
-        image = augmentation(example["image"], tf.cast(example_seed, tf.int32))
-        return {"image": normalize(image), "label": tf.cast(example["label"], tf.int32)}
+        image, lighting = augmentation(example["image"], tf.cast(example_seed, tf.int32))
+        prepared = {"image": image, "label": tf.cast(example["label"], tf.int32)}
+        if augmentation.pca_sigma:
+            prepared["lighting"] = lighting
+        return prepared
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     # A file that looks whole but fails to decode: dropped (and logged by TensorFlow) too.
@@ -326,7 +326,7 @@ def eval_batches(
     ds = _drop_malformed(_encoded_examples(builder, split, False), skipped or SkippedImages())
 
     def prepare(example):
-        image = normalize(preprocessing(example["image"]))
+        image = preprocessing(example["image"])
         return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
@@ -341,7 +341,7 @@ def eval_batches(
                     f"This process has no example of split {split!r} to evaluate; pass "
                     f"image_shape so it can send padding."
                 )
-            batch = {"image": np.zeros((0, *shape), np.float32), "label": np.zeros(0, np.int32)}
+            batch = {"image": np.zeros((0, *shape), np.uint8), "label": np.zeros(0, np.int32)}
         shape = batch["image"].shape[1:]
         yield _to_devices(_pad(batch, batch_size))
 

@@ -17,6 +17,7 @@ from flax import struct
 from jax import lax
 
 from vgg_jax.models import VGG
+from vgg_jax.normalization import model_input
 
 AXIS_NAME = "batch"
 
@@ -91,7 +92,7 @@ def train_step(
     def loss_fn(params):
         logits, new_model_state = model.apply(
             _variables(state, params),
-            batch["image"],
+            model_input(batch),
             train=True,
             rngs={"dropout": dropout_key},
             mutable=mutable,
@@ -122,7 +123,7 @@ def train_step(
 
 def eval_step(state: TrainState, batch: dict, *, model: VGG) -> dict:
     """Sums over this batch, padding masked out, summed across devices."""
-    logits = model.apply(_variables(state, state.params), batch["image"], train=False)
+    logits = model.apply(_variables(state, state.params), model_input(batch), train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
     sums = {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
