@@ -29,7 +29,39 @@ def test_paper_imagenet_config_is_vgg16_with_the_papers_recipe():
     assert input_pipeline.eval_preprocessing_from_config(config).scale == 384
 
 
-@pytest.mark.parametrize("name", ["default", "imagenet_vgg16", "cifar10"])
+@pytest.mark.parametrize(
+    "model, expected_params",
+    [("vgg11", 132_863_336), ("vgg13", 133_047_848), ("vgg16_1x1", 133_638_952),
+     ("vgg16", 138_357_544), ("vgg19", 143_667_240)],
+)  # fmt: skip
+def test_fixed_scale_configs_build_each_configuration(model, expected_params):
+    config = get_config("imagenet_fixed_scale", model)
+    validate_config(config)
+    _, variables = abstract_params(config, 1000, (224, 224, 3))
+    assert count_params(variables["params"]) == expected_params  # PAPER.md's counts
+    assert input_pipeline.augmentation_from_config(config).scale == (256, 256)
+    assert config.eval_scale == 256
+    with pytest.raises(ValueError, match="Unknown VGG configuration 'vgg17'"):
+        get_config("imagenet_fixed_scale", "vgg17")
+
+
+def test_imagenette_recipe_trains_through_the_real_tfds_path(tmp_path):
+    config = get_config("imagenette")
+    validate_config(config)
+    _, variables = abstract_params(config, 10, (224, 224, 3))
+    assert count_params(variables["params"]) == 134_309_962  # VGG16-BN with a 10-class FC8
+    config.update(
+        data_dir=str(tmp_path / "tfds"), width=1 / 16, fc_features=16, batch_size=8,
+        max_steps=2, num_epochs=1, crop_size=32, train_scale=(32, 40), eval_scale=32,
+    )  # fmt: skip
+    with mocked_tfds("imagenette/320px-v2", tmp_path / "tfds", examples=16):
+        summary = train_and_evaluate(config, tmp_path / "run")
+    assert summary["step"] == 2 and summary["finished"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "vgg16_bn on imagenette: 16 train / 16 eval examples, 10 classes, 32x32x3" in log
+
+
+@pytest.mark.parametrize("name", ["default", "imagenet_vgg16", "cifar10", "imagenette"])
 def test_model_name_and_batch_norm_flag_agree(name):
     config = get_config(name)
     config.model = "vgg16_bn"  # a _bn name means batch norm, whatever the flag says
