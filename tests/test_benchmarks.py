@@ -106,3 +106,19 @@ def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
     table = (out / "results.md").read_text()
     assert "| vgg_jax | reshape_pool | train | 2 |" in table
     assert table == completed.stdout
+
+
+def test_input_pipeline_benchmark_times_generated_jpegs(tmp_path):
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), "--images", "48",
+        "--size", "120x90", "--batch-size", "8", "--batches", "3", "--cores", "1",
+        "--augmentations", "paper,inception", "--dir", str(tmp_path / "jpegs"),
+        "--json", str(tmp_path / "rates.json"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert len(list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))) == 48
+    rates = json.loads((tmp_path / "rates.json").read_text())
+    assert [(r["augmentation"], r["cores"]) for r in rates] == [("paper", 1), ("inception", 1)]
+    assert all(r["images_per_second"] > 0 for r in rates)
+    assert "paper                1 cores:" in completed.stdout

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import logging
 import pathlib
 import signal
 import time
@@ -28,6 +26,16 @@ from vgg_jax import input_pipeline, optim
 from vgg_jax.checkpoints import Checkpoints
 from vgg_jax.architectures import resolve_model_name
 from vgg_jax.models import VGG
+from vgg_jax.run_reports import (
+    TrainingError,
+    TrainLog,
+    logger,
+    nan_message,
+    report_evaluation,
+    report_skipped,
+    setup_logging,
+    write_summary,
+)
 from vgg_jax.summary import peak_bf16_flops, training_flops_per_image
 from vgg_jax.training import (
     create_train_state,
@@ -42,11 +50,6 @@ ARCHITECTURE_KEYS = (
     "model", "width", "fc_features", "batch_norm", "init_scheme", "dataset", "crop_size",
 )  # fmt: skip
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-logger = logging.getLogger("vgg_jax")
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what to do."""
 
 
 def compute_dtype(name: str):
@@ -130,21 +133,6 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def _setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler]:
-    """Our messages to the console and workdir/train.log, from the main process only."""
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # absl's root handler would print them twice
-    if not is_main:
-        return []
-    to_file = logging.FileHandler(workdir / "train.log")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    to_console = logging.StreamHandler()
-    to_console.setFormatter(logging.Formatter("%(message)s"))
-    for handler in (to_file, to_console):
-        logger.addHandler(handler)
-    return [to_file, to_console]
-
-
 def evaluate(
     p_eval_step,
     state,
@@ -172,62 +160,6 @@ def evaluate(
     }
 
 
-class TrainLog:
-    """Train metrics between log points: NaN check, averages, images/s, TensorBoard.
-
-    Metrics stay on the devices until flushed, so logging does not stall every step.
-    """
-
-    def __init__(
-        self,
-        writer,
-        batch_size: int,
-        checkpoints: Checkpoints,
-        flops_per_image: int = 0,
-        peak_flops: float | None = None,
-    ):
-        self.writer, self.batch_size, self.checkpoints = writer, batch_size, checkpoints
-        self.flops_per_image, self.peak_flops = flops_per_image, peak_flops
-        self.pending: list[dict] = []
-        self.restart_clock()
-
-    def restart_clock(self) -> None:
-        """Images/s counts training steps only: restarted after evaluating or saving."""
-        self.clock_started = time.perf_counter()
-
-    def add(self, metrics: dict) -> None:
-        self.pending.append(metrics)
-
-    def flush(self, step: int, learning_rate: float) -> dict | None:
-        """Averages of the steps since the last flush, ending at `step`; None if none."""
-        if not self.pending:
-            return None
-        fetched = unreplicate(self.pending)
-        first_step = step - len(fetched) + 1
-        for offset, metrics in enumerate(fetched):
-            if not np.isfinite(metrics["loss"]):
-                raise TrainingError(_nan_message(first_step + offset, self.checkpoints))
-        elapsed = time.perf_counter() - self.clock_started
-        summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
-        summary["learning_rate"] = learning_rate
-        summary["images_per_second"] = len(fetched) * self.batch_size / elapsed
-        summary["tflops"] = summary["images_per_second"] * self.flops_per_image / 1e12
-        if self.peak_flops:
-            summary["model_flops_utilization"] = summary["tflops"] * 1e12 / self.peak_flops
-        logger.info(
-            "step %d: loss %.4f, top-1 %.2f%%, lr %.3g, %.0f images/s, %.3g TFLOP/s%s",
-            step, summary["loss"], 100 * summary["top1_accuracy"], learning_rate,
-            summary["images_per_second"], summary["tflops"],
-            f", MFU {summary['model_flops_utilization']:.1%}" if self.peak_flops else "",
-        )  # fmt: skip
-        if self.writer is not None:
-            for key, value in summary.items():
-                self.writer.scalar(f"train/{key}", value, step)
-        self.pending = []
-        self.restart_clock()
-        return summary
-
-
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir`, resuming from its checkpoints; returns a summary."""
     started = time.time()
@@ -235,7 +167,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     workdir = pathlib.Path(workdir).absolute()
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
-    log_handlers = _setup_logging(workdir, is_main)
+    log_handlers = setup_logging(workdir, is_main)
     writer = None
     checkpoints = None
     try:
@@ -304,7 +236,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
             log_train_metrics()  # refuses a NaN loss before anything is written
             host_state = unreplicate(replicated)
             if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(host_state.params)):
-                raise TrainingError(_nan_message(step, checkpoints))
+                raise TrainingError(nan_message(step, checkpoints))
             record.update(config=config.to_dict(), step=step, metrics=metrics)
             checkpoints.save(step, host_state, record, metrics)
             train_log.restart_clock()
@@ -344,24 +276,26 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                         f"{config.train_split!r} could not be read (see the skipped files above)."
                     )
                 if step % steps_per_epoch == 0 and stop["signal"] is None:
-                    skipped_total += _report_skipped(skipped, f"epoch {epoch + 1} (training)")
+                    skipped_total += report_skipped(skipped, f"epoch {epoch + 1} (training)")
                     metrics = evaluate(
                         p_eval_step, replicated, builder, config.eval_split, config.batch_size,
                         eval_preprocessing, skipped, input_shape,
                     )  # fmt: skip
-                    skipped_total += _report_skipped(skipped, f"epoch {epoch + 1} (evaluation)")
+                    skipped_total += report_skipped(skipped, f"epoch {epoch + 1} (evaluation)")
                     replicated = _after_evaluation(config, replicated, metrics)
                     if record["best"] is None or (
                         metrics["top1_accuracy"] > record["best"]["top1_accuracy"]
                     ):
                         record["best"] = {**metrics, "step": step}
-                    _report_evaluation(writer, step, epoch, metrics, replicated, schedule)
+                    report_evaluation(writer, step, epoch, metrics, replicated, schedule)
                     save(metrics)
                 elif step == total_steps or stop["signal"] is not None:
                     save()
         checkpoints.wait()
-        skipped_total += _report_skipped(skipped, "the last steps")
-        return _summary(record, step, total_steps, stop["signal"], started, workdir, skipped_total)
+        skipped_total += report_skipped(skipped, "the last steps")
+        return write_summary(
+            record, step, total_steps, stop["signal"], started, workdir, skipped_total
+        )
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -381,60 +315,3 @@ def _after_evaluation(config, replicated, metrics: dict):
     if float(new_plateau.scale) < float(plateau.scale):
         logger.info("Validation accuracy stopped improving: learning rate divided by 10.")
     return replicated.replace(plateau=replicate(new_plateau))
-
-
-def _report_evaluation(writer, step: int, epoch: int, metrics: dict, replicated, schedule):
-    logger.info(
-        "epoch %d, step %d: eval loss %.4f, top-1 %.2f%%, top-5 %.2f%%",
-        epoch + 1, step, metrics["loss"],
-        100 * metrics["top1_accuracy"], 100 * metrics["top5_accuracy"],
-    )  # fmt: skip
-    if writer is not None:
-        for key, value in metrics.items():
-            writer.scalar(f"eval/{key}", value, step)
-        writer.scalar(
-            "train/learning_rate", optim.learning_rate_at(schedule, step, replicated), step
-        )
-        writer.flush()
-
-
-def _nan_message(step: int, checkpoints: Checkpoints) -> str:
-    steps = checkpoints.steps()
-    kept = (
-        f"the last good checkpoint (step {steps[-1]}) in {checkpoints.directory} is intact"
-        if steps
-        else "no checkpoint had been written yet"
-    )
-    return (
-        f"The loss became NaN or infinite at step {step}: training stopped, and {kept}. "
-        f"Lower config.learning_rate or set config.grad_clip_norm, then rerun."
-    )
-
-
-def _report_skipped(skipped, when: str) -> int:
-    """Logs the images skipped since the last report, by file name; returns how many."""
-    names = skipped.take()
-    if names:
-        logger.warning(
-            "Skipped %d images in %s that are not whole JPEG/PNG files: %s",
-            len(names), when, ", ".join(names),
-        )  # fmt: skip
-    return len(names)
-
-
-def _summary(record, step, total_steps, signal_name, started, workdir, skipped_images) -> dict:
-    best = record.get("best") or {}
-    summary = {
-        "step": step,
-        "finished": step >= total_steps,
-        "interrupted_by": signal_name,
-        "best_top1_accuracy": best.get("top1_accuracy"),
-        "best_top5_accuracy": best.get("top5_accuracy"),
-        "best_step": best.get("step"),
-        "wall_time_seconds": time.time() - started,
-        "skipped_images": skipped_images,
-        "workdir": str(workdir),
-    }
-    if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary

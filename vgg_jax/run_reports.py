@@ -1,0 +1,151 @@
+"""What a training run tells its user: messages on the console and in workdir/train.log,
+train metrics (loss, accuracy, images/s, TFLOP/s, model FLOP utilisation) and evaluations in
+TensorBoard, skipped files, and the closing summary.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from vgg_jax import optim
+from vgg_jax.checkpoints import Checkpoints
+from vgg_jax.training import unreplicate
+
+logger = logging.getLogger("vgg_jax")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+def setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler]:
+    """Our messages to the console and workdir/train.log, from the main process only."""
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # absl's root handler would print them twice
+    if not is_main:
+        return []
+    to_file = logging.FileHandler(workdir / "train.log")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_console = logging.StreamHandler()
+    to_console.setFormatter(logging.Formatter("%(message)s"))
+    for handler in (to_file, to_console):
+        logger.addHandler(handler)
+    return [to_file, to_console]
+
+
+class TrainLog:
+    """Train metrics between log points: NaN check, averages, images/s, TensorBoard.
+
+    Metrics stay on the devices until flushed, so logging does not stall every step.
+    """
+
+    def __init__(
+        self,
+        writer,
+        batch_size: int,
+        checkpoints: Checkpoints,
+        flops_per_image: int = 0,
+        peak_flops: float | None = None,
+    ):
+        self.writer, self.batch_size, self.checkpoints = writer, batch_size, checkpoints
+        self.flops_per_image, self.peak_flops = flops_per_image, peak_flops
+        self.pending: list[dict] = []
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Images/s counts training steps only: restarted after evaluating or saving."""
+        self.clock_started = time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        self.pending.append(metrics)
+
+    def flush(self, step: int, learning_rate: float) -> dict | None:
+        """Averages of the steps since the last flush, ending at `step`; None if none."""
+        if not self.pending:
+            return None
+        fetched = unreplicate(self.pending)
+        first_step = step - len(fetched) + 1
+        for offset, metrics in enumerate(fetched):
+            if not np.isfinite(metrics["loss"]):
+                raise TrainingError(nan_message(first_step + offset, self.checkpoints))
+        elapsed = time.perf_counter() - self.clock_started
+        summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+        summary["learning_rate"] = learning_rate
+        summary["images_per_second"] = len(fetched) * self.batch_size / elapsed
+        summary["tflops"] = summary["images_per_second"] * self.flops_per_image / 1e12
+        if self.peak_flops:
+            summary["model_flops_utilization"] = summary["tflops"] * 1e12 / self.peak_flops
+        logger.info(
+            "step %d: loss %.4f, top-1 %.2f%%, lr %.3g, %.0f images/s, %.3g TFLOP/s%s",
+            step, summary["loss"], 100 * summary["top1_accuracy"], learning_rate,
+            summary["images_per_second"], summary["tflops"],
+            f", MFU {summary['model_flops_utilization']:.1%}" if self.peak_flops else "",
+        )  # fmt: skip
+        if self.writer is not None:
+            for key, value in summary.items():
+                self.writer.scalar(f"train/{key}", value, step)
+        self.pending = []
+        self.restart_clock()
+        return summary
+
+
+def report_evaluation(writer, step: int, epoch: int, metrics: dict, replicated, schedule):
+    logger.info(
+        "epoch %d, step %d: eval loss %.4f, top-1 %.2f%%, top-5 %.2f%%",
+        epoch + 1, step, metrics["loss"],
+        100 * metrics["top1_accuracy"], 100 * metrics["top5_accuracy"],
+    )  # fmt: skip
+    if writer is not None:
+        for key, value in metrics.items():
+            writer.scalar(f"eval/{key}", value, step)
+        writer.scalar(
+            "train/learning_rate", optim.learning_rate_at(schedule, step, replicated), step
+        )
+        writer.flush()
+
+
+def nan_message(step: int, checkpoints: Checkpoints) -> str:
+    steps = checkpoints.steps()
+    kept = (
+        f"the last good checkpoint (step {steps[-1]}) in {checkpoints.directory} is intact"
+        if steps
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"The loss became NaN or infinite at step {step}: training stopped, and {kept}. "
+        f"Lower config.learning_rate or set config.grad_clip_norm, then rerun."
+    )
+
+
+def report_skipped(skipped, when: str) -> int:
+    """Logs the images skipped since the last report, by file name; returns how many."""
+    names = skipped.take()
+    if names:
+        logger.warning(
+            "Skipped %d images in %s that are not whole JPEG/PNG files: %s",
+            len(names), when, ", ".join(names),
+        )  # fmt: skip
+    return len(names)
+
+
+def write_summary(record, step, total_steps, signal_name, started, workdir, skipped_images) -> dict:
+    best = record.get("best") or {}
+    summary = {
+        "step": step,
+        "finished": step >= total_steps,
+        "interrupted_by": signal_name,
+        "best_top1_accuracy": best.get("top1_accuracy"),
+        "best_top5_accuracy": best.get("top5_accuracy"),
+        "best_step": best.get("step"),
+        "wall_time_seconds": time.time() - started,
+        "skipped_images": skipped_images,
+        "workdir": str(workdir),
+    }
+    if jax.process_index() == 0:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
