@@ -6,6 +6,7 @@ variables = model.init(jax.random.key(0), images)          # images: (N, 224, 22
 logits = model.apply(variables, images)                     # classic head
 logits = model.apply(variables, bigger_images, dense=True)  # dense-evaluation head
 feats = model.apply(variables, images, layers=["conv3_3", "pool5"], method="extract_features")
+model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")   # ImageNet weights
 """
 
 from vgg_jax.architectures import (
@@ -32,21 +33,35 @@ from vgg_jax.models import (
     vgg19,
     vgg19_bn,
 )
+from vgg_jax.pretrained import (
+    WEIGHTS as PRETRAINED_WEIGHTS,
+)
+from vgg_jax.pretrained import (
+    export_torch_state_dict,
+    imagenet_class_names,
+    load_pretrained,
+    save_safetensors,
+)
 from vgg_jax.summary import count_params, layer_table
 
 __all__ = [
     "CONFIGS",
     "INIT_SCHEMES",
     "MODEL_NAMES",
+    "PRETRAINED_WEIGHTS",
     "LayerSpec",
     "VGG",
     "count_params",
     "create_model",
     "downsampling_factor",
+    "export_torch_state_dict",
     "feature_names",
     "layer_specs",
+    "imagenet_class_names",
     "layer_table",
+    "load_pretrained",
     "local_response_norm",
+    "save_safetensors",
     "vgg11",
     "vgg11_bn",
     "vgg11_lrn",

@@ -1,0 +1,259 @@
+"""Pretrained weights: conversion from torchvision, timm and Keras layouts, checked against
+those libraries' own models where installed, and against known arrays where not."""
+
+import hashlib
+import importlib.util
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import relative_error
+
+import vgg_jax
+from vgg_jax import convert, pretrained
+from vgg_jax.convert import ConversionError
+
+HAVE_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+HAVE_KERAS = importlib.util.find_spec("keras") is not None
+TORCHVISION_MODELS = [
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+]  # fmt: skip
+SMALL = dict(width=1 / 16, fc_features=16, num_classes=5)
+
+
+def small_variables(name, image_size=64, seed=0, **overrides):
+    """A narrow model and random variables; BN statistics randomised too."""
+    model = vgg_jax.create_model(name, **(SMALL | overrides))
+    images = jnp.zeros((1, image_size, image_size, 3))
+    variables = jax.jit(model.init)(jax.random.key(seed), images)
+    return model, jax.tree.map(
+        lambda a: a + 0.1 * jax.random.uniform(jax.random.key(seed + 1), a.shape), variables
+    )
+
+
+def both_heads(model, variables, images):
+    @jax.jit
+    def logits(variables, images):
+        return model.apply(variables, images), model.apply(variables, images, dense=True)
+
+    return logits(variables, images)
+
+
+@pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed")
+@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+def test_torchvision_models_give_the_same_logits(name):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    if name.endswith("_bn"):  # non-trivial running statistics, so BN conversion is tested
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    arrays = {k: v.numpy() for k, v in reference.state_dict().items()}
+    model = vgg_jax.create_model(name)
+    variables = convert.from_torch(arrays, model.config, model.batch_norm)
+    images = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    classic, dense = both_heads(model, variables, images)
+    assert relative_error(classic, expected) < 1e-5
+    assert relative_error(dense, expected) < 1e-5
+
+
+@pytest.mark.skipif(not HAVE_KERAS, reason="keras is not installed")
+@pytest.mark.parametrize("name", ["vgg16", "vgg19"])
+def test_keras_models_give_the_same_logits(name, tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    builder = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}[name]
+    reference = builder(weights=None, classifier_activation=None)
+    # The published file's layout (Keras 2 h5): layer_names, and weight_names per layer.
+    path = tmp_path / f"{name}.h5"
+    with h5py.File(path, "w") as file:
+        layers = [layer for layer in reference.layers if layer.weights]
+        file.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        for layer in layers:
+            group = file.create_group(layer.name)
+            names = [f"{layer.name}_W_1:0", f"{layer.name}_b_1:0"]
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for weight_name, weight in zip(names, layer.get_weights(), strict=True):
+                group[weight_name] = weight
+    model = vgg_jax.create_model(name)
+    variables = pretrained.variables_from_file(path, model, "keras")
+    rgb = np.random.default_rng(1).uniform(0, 255, size=(1, 224, 224, 3)).astype(np.float32)
+    caffe_input = rgb[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+    expected = np.asarray(reference(caffe_input))
+    classic, dense = both_heads(model, variables, pretrained.CAFFE_PREPROCESSING(rgb))
+    assert relative_error(classic, expected) < 1e-5
+    assert relative_error(dense, expected) < 1e-5
+
+
+def test_fc6_is_unflattened_from_pytorchs_channel_major_order():
+    model, variables = small_variables("vgg11")  # pool5: 2x2 maps of 32 channels
+    arrays = convert.to_torch(variables, model.config, False)
+    out, flat = arrays["classifier.0.weight"].shape
+    assert (out, flat) == (16, 32 * 2 * 2)
+    arrays["classifier.0.weight"] = np.arange(out * flat, dtype=np.float32).reshape(out, flat)
+    kernel = convert.from_torch(arrays, model.config, False)["params"]["fc6"]["kernel"]
+    assert kernel.shape == (2, 2, 32, 16)
+    for h, w, c, o in [(0, 0, 0, 0), (0, 1, 0, 3), (1, 0, 5, 7), (1, 1, 31, 15)]:
+        assert kernel[h, w, c, o] == arrays["classifier.0.weight"][o, c * 4 + h * 2 + w]
+
+
+def test_safetensors_convert_to_exactly_the_expected_arrays(tmp_path):
+    model, variables = small_variables("vgg13_bn")
+    path = tmp_path / "vgg13_bn.safetensors"
+    vgg_jax.save_safetensors(variables, model, path)
+    from safetensors.numpy import load_file
+
+    stored = load_file(str(path))
+    # torchvision's layout: conv1_1 is features.0, its BatchNorm features.1, conv1_2 features.3.
+    kernel = np.asarray(variables["params"]["conv1_2"]["kernel"])
+    np.testing.assert_array_equal(stored["features.3.weight"], kernel.transpose(3, 2, 0, 1))
+    np.testing.assert_array_equal(
+        stored["features.1.running_var"], variables["batch_stats"]["conv1_1_bn"]["var"]
+    )
+    loaded = pretrained.variables_from_file(path, model)
+    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+
+
+def test_timm_layout_with_conv_shaped_head(tmp_path):
+    model, variables = small_variables("vgg11")
+    arrays = convert.to_torch(variables, model.config, False)
+    fc6 = arrays.pop("classifier.0.weight").reshape(16, 32, 2, 2)
+    fc7 = arrays.pop("classifier.3.weight")[:, :, None, None]
+    arrays |= {
+        "pre_logits.fc1.weight": fc6, "pre_logits.fc1.bias": arrays.pop("classifier.0.bias"),
+        "pre_logits.fc2.weight": fc7, "pre_logits.fc2.bias": arrays.pop("classifier.3.bias"),
+        "head.fc.weight": arrays.pop("classifier.6.weight"),
+        "head.fc.bias": arrays.pop("classifier.6.bias"),
+    }  # fmt: skip
+    converted = convert.from_torch(arrays, model.config, False)
+    jax.tree.map(np.testing.assert_array_equal, converted, jax.device_get(variables))
+
+
+def test_keras_h5_converts_with_bgr_folded_into_the_first_conv(tmp_path):
+    model, variables = small_variables("vgg16")
+    params = jax.device_get(variables["params"])
+    path = tmp_path / "weights.h5"
+    with h5py.File(path, "w") as file:  # the Keras file of these weights, written by hand
+        names = convert.keras_layer_names("D")
+        file.attrs["layer_names"] = [n.encode() for n in names.values()]
+        for ours, theirs in names.items():
+            kernel = params[ours]["kernel"]
+            if ours == "conv1_1":
+                kernel = kernel[:, :, ::-1, :]  # Keras's Caffe weights take BGR
+            if ours == "fc6":
+                kernel = kernel.reshape(-1, kernel.shape[-1])
+            group = file.create_group(theirs)
+            group.attrs["weight_names"] = [b"kernel:0", b"bias:0"]
+            group["kernel:0"], group["bias:0"] = kernel, params[ours]["bias"]
+    loaded = pretrained.variables_from_file(path, model)
+    jax.tree.map(np.testing.assert_array_equal, loaded, {"params": params})
+
+
+def test_round_trip_flax_torch_flax_is_exact():
+    model, variables = small_variables("vgg19_bn")
+    state = vgg_jax.export_torch_state_dict(variables, model)
+    back = convert.from_torch(state, model.config, model.batch_norm)
+    jax.tree.map(np.testing.assert_array_equal, back, jax.device_get(variables))
+
+
+def test_weights_of_another_architecture_name_the_first_mismatch(tmp_path):
+    vgg19, variables = small_variables("vgg19")
+    arrays = convert.to_torch(variables, vgg19.config, False)
+    with pytest.raises(ConversionError, match=r"no tensor 'features\.17\.weight'.*conv4_1"):
+        convert.from_torch(arrays, "D", batch_norm=False)
+    with pytest.raises(ConversionError, match=r"no tensor 'features\.1\.weight'.*conv1_1_bn"):
+        convert.from_torch(arrays, "E", batch_norm=True)
+    vgg11, small = small_variables("vgg11")
+    arrays = convert.to_torch(small, vgg11.config, False) | {"features.99.weight": np.zeros(1)}
+    with pytest.raises(ConversionError, match="first 'features.99.weight'"):
+        convert.from_torch(arrays, "A", batch_norm=False)
+    path = tmp_path / "narrow.safetensors"
+    vgg_jax.save_safetensors(small, vgg11, path)
+    wider = vgg_jax.create_model("vgg11", **(SMALL | {"width": 1 / 8}))
+    with pytest.raises(
+        ConversionError, match=r"give params/conv1_1/bias the shape \(4,\), while A .* needs \(8,\)"
+    ):
+        pretrained.variables_from_file(path, wider)
+
+
+def test_a_truncated_file_is_reported(tmp_path):
+    model, variables = small_variables("vgg11")
+    path = tmp_path / "cut.safetensors"
+    vgg_jax.save_safetensors(variables, model, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ConversionError, match="cut.safetensors.*truncated"):
+        pretrained.variables_from_file(path, model)
+
+
+def registry_entry(tmp_path, file, digest):
+    return pretrained.PretrainedWeights(
+        "tiny.test", "vgg11", file.as_uri(), digest, "sha256", "torch",
+        pretrained.TORCHVISION_PREPROCESSING, 0.0, 0.0,
+    )  # fmt: skip
+
+
+def test_download_checks_the_hash_and_caches(tmp_path, monkeypatch):
+    model, variables = small_variables("vgg11", num_classes=1000)
+    source = tmp_path / "published" / "tiny-weights.safetensors"
+    source.parent.mkdir()
+    vgg_jax.save_safetensors(variables, model, source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+
+    wrong = registry_entry(tmp_path, source, "0" * 8)
+    with pytest.raises(ValueError, match="is not the file of tiny.test: its sha256 is"):
+        pretrained.weights_file(wrong, cache_dir=cache)
+    assert not list(cache.iterdir())  # a file that failed its check is not kept
+
+    entry = registry_entry(tmp_path, source, digest[:8])  # torchvision gives 8 digits
+    cached = pretrained.weights_file(entry, cache_dir=cache)  # "downloads" the file:// URL
+    assert cached == cache / "tiny-weights.safetensors" and cached.read_bytes() == (
+        source.read_bytes()
+    )
+    source.unlink()
+    assert pretrained.weights_file(entry, cache_dir=cache) == cached  # from the cache now
+
+    monkeypatch.setitem(pretrained.WEIGHTS, "tiny.test", entry)
+    loaded_model, loaded, preprocess = vgg_jax.load_pretrained(
+        "tiny.test", cache_dir=cache, width=SMALL["width"], fc_features=SMALL["fc_features"]
+    )
+    jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(variables))
+    assert preprocess is pretrained.TORCHVISION_PREPROCESSING
+    images = np.full((1, 64, 64, 3), 124, np.uint8)
+    assert loaded_model.apply(loaded, preprocess(images)).shape == (1, 1000)
+
+
+def test_offline_without_a_file_says_what_to_fetch_and_where(tmp_path):
+    weights = pretrained.WEIGHTS["vgg16.tv_in1k"]
+    with pytest.raises(FileNotFoundError) as error:
+        pretrained.weights_file(weights, cache_dir=tmp_path, download=False)
+    message = str(error.value)
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
+    assert str(tmp_path / "vgg16-397923af.pth") in message and "path=" in message
+    with pytest.raises(ValueError, match="Unknown pretrained weights 'vgg16'; choose one of"):
+        vgg_jax.load_pretrained("vgg16")
+    with pytest.raises(ValueError, match="vgg16-397923af.pth.*is not the file of"):
+        (tmp_path / "vgg16-397923af.pth").write_bytes(b"not the weights")
+        pretrained.weights_file(weights, cache_dir=tmp_path)
+
+
+def test_registry_and_class_names():
+    names = vgg_jax.imagenet_class_names()
+    assert len(names) == 1000 and names[0] == "tench" and names[-1] == "toilet tissue"
+    assert len(set(names)) >= 998  # "crane" and "maillot" appear twice in ImageNet
+    assert set(vgg_jax.PRETRAINED_WEIGHTS) == {f"{m}.tv_in1k" for m in TORCHVISION_MODELS} | {
+        "vgg16.caffe_in1k",
+        "vgg19.caffe_in1k",
+    }
+    for weights in vgg_jax.PRETRAINED_WEIGHTS.values():
+        vgg_jax.create_model(weights.model)  # every entry names a real model
+        assert 60 < weights.top1 < 80 and weights.top1 < weights.top5 < 95
