@@ -25,3 +25,18 @@ def digits_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
     input_pipeline.get_builder("digits", str(data_dir))
     return str(data_dir)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """CI's log says how many weight conversions were checked against the reference libraries'
+    own models (they skip where torchvision or keras is not installed)."""
+    counts = {}
+    for outcome in ("passed", "failed", "skipped"):
+        reports = terminalreporter.stats.get(outcome, [])
+        counts[outcome] = sum("give_the_same_logits" in report.nodeid for report in reports)
+    if any(counts.values()):
+        terminalreporter.write_line(
+            f"Pretrained-weight conversions checked against torchvision/Keras models: "
+            f"{counts['passed'] + counts['failed']} ran ({counts['failed']} failed), "
+            f"{counts['skipped']} skipped."
+        )
