@@ -45,20 +45,21 @@ def test_fixed_scale_configs_build_each_configuration(model, expected_params):
         get_config("imagenet_fixed_scale", "vgg17")
 
 
-def test_imagenette_recipe_trains_through_the_real_tfds_path(tmp_path):
+def test_imagenette_recipe_reads_imagenette_through_tfds(tmp_path):
     config = get_config("imagenette")
     validate_config(config)
     _, variables = abstract_params(config, 10, (224, 224, 3))
     assert count_params(variables["params"]) == 134_309_962  # VGG16-BN with a 10-class FC8
-    config.update(
-        data_dir=str(tmp_path / "tfds"), width=1 / 16, fc_features=16, batch_size=8,
-        max_steps=2, num_epochs=1, crop_size=32, train_scale=(32, 40), eval_scale=32,
-    )  # fmt: skip
-    with mocked_tfds("imagenette/320px-v2", tmp_path / "tfds", examples=16):
-        summary = train_and_evaluate(config, tmp_path / "run")
-    assert summary["step"] == 2 and summary["finished"]
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert "vgg16_bn on imagenette: 16 train / 16 eval examples, 10 classes, 32x32x3" in log
+    with mocked_tfds(config.dataset, tmp_path, examples=8):
+        builder = input_pipeline.get_builder(config.dataset, str(tmp_path))
+        info = input_pipeline.describe(builder, config.train_split, config.eval_split)
+        assert info.num_classes == 10 and info.image_shape == (None, None, 3)
+        assert input_pipeline.model_input_shape(config, info) == (224, 224, 3)
+        augmentation = input_pipeline.augmentation_from_config(config)
+        batch = next(
+            input_pipeline.train_batches(builder, "train", 8, 0, 0, augmentation=augmentation)
+        )
+        assert batch["image"].shape == (4, 2, 224, 224, 3) and batch["lighting"].shape == (4, 2, 3)
 
 
 @pytest.mark.parametrize("name", ["default", "imagenet_vgg16", "cifar10", "imagenette"])
