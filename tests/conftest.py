@@ -2,10 +2,20 @@
 
 Four fake CPU devices, so pmap tests run anywhere. LLVM optimisation off: on CPU it makes up
 most of the compile time of a model's init (the random initialisers), while the tests' small
-models run fast either way; the numerics are IEEE either way.
+models run fast either way; the numerics are IEEE either way. A compilation cache shared by
+the whole session.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# One persistent compilation cache for the session and the processes it starts: the train.py
+# runs and the multi-process workers compile the same small steps again and again.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="vgg_jax_test_jit_cache_")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")

@@ -160,6 +160,13 @@ def test_imagenet_not_downloaded_says_where_the_tars_go(tmp_path):
         input_pipeline.get_builder("imagenet2013", str(tmp_path))
 
 
+def test_a_relative_folder_path_is_read_as_a_folder(folder, monkeypatch):
+    monkeypatch.chdir(folder.parent)
+    with pytest.raises(DatasetUnavailable, match=r"'pets' is a folder here: write ./pets"):
+        input_pipeline.get_builder("pets")
+    assert input_pipeline.get_builder("./pets").info.features["label"].num_classes == 3
+
+
 def test_training_on_a_folder_counts_and_names_skipped_files(folder, tmp_path):
     config = small_config(
         dataset=str(folder), eval_split="val", crop_size=32, train_scale=(32, 40),

@@ -63,7 +63,8 @@ class DatasetUnavailable(ValueError):
 
 
 def is_folder_dataset(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or os.path.isdir(name)
+    """A path, written as one: tfds names contain "/" too ("imagenette/320px-v2")."""
+    return name.startswith(("/", "./", "../", "~"))
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -78,9 +79,10 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as error:
+            hint = f" ({name!r} is a folder here: write ./{name} to read it)" * os.path.isdir(name)
             raise DatasetUnavailable(
                 f"Unknown data set {name!r}: give a tensorflow-datasets name, 'digits', or the "
-                f"path of an image folder laid out as root/split/class/*.jpg."
+                f"path of an image folder laid out as root/split/class/*.jpg{hint}."
             ) from error
     try:
         builder.download_and_prepare()
