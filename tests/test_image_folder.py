@@ -198,3 +198,9 @@ def test_a_mostly_unreadable_folder_stops_with_a_clear_error(tmp_path):
     config = small_config(dataset=str(root), eval_split="val", crop_size=32, batch_size=4)
     with pytest.raises(TrainingError, match="Epoch 1 ended after step 1 of 4: most of 'train'"):
         train_and_evaluate(config, tmp_path / "run")
+
+
+def test_model_input_is_rgb_whatever_the_stored_channels():
+    gray = input_pipeline.DatasetInfo("mnist", 10, (28, 28, 1), 60_000, 10_000)
+    assert input_pipeline.model_input_shape(small_config(crop_size=0), gray) == (28, 28, 3)
+    assert input_pipeline.model_input_shape(small_config(crop_size=24), gray) == (24, 24, 3)

@@ -228,15 +228,16 @@ def eval_preprocessing_from_config(config) -> EvalPreprocessing:
 
 
 def model_input_shape(config, info: DatasetInfo) -> tuple[int, int, int]:
-    """(H, W, C) of the images the model sees after preprocessing."""
+    """(H, W, 3) of the images the model sees after preprocessing (always RGB: grayscale
+    and RGBA images are converted)."""
     if config.crop_size:
-        return (config.crop_size, config.crop_size, info.image_shape[-1])
-    if None in info.image_shape:
+        return (config.crop_size, config.crop_size, 3)
+    if None in info.image_shape[:2]:
         raise ValueError(
             f"Images of {info.name!r} vary in size: set config.crop_size (e.g. 224) so batches "
             f"have one shape."
         )
-    return info.image_shape
+    return (*info.image_shape[:2], 3)
 
 
 def _to_devices(batch: dict) -> dict:
