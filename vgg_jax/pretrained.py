@@ -27,7 +27,6 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from vgg_jax import convert
-from vgg_jax.architectures import resolve_model_name
 from vgg_jax.models import VGG, create_model
 from vgg_jax.normalization import MEAN_RGB, STDDEV_RGB
 
@@ -262,7 +261,6 @@ def load_pretrained(
             f"Unknown pretrained weights {name!r}; choose one of {', '.join(WEIGHTS)}."
         )
     weights = WEIGHTS[name]
-    resolve_model_name(weights.model)
     model = create_model(weights.model, num_classes=1000, **model_kwargs)
     file = weights_file(weights, path, cache_dir, download)
     return model, variables_from_file(file, model, weights.layout), weights.preprocessing
