@@ -23,12 +23,20 @@ def _best_metric(metrics: dict) -> float:
     return metrics[BEST_METRIC]
 
 
+class CheckpointNotFound(ValueError):
+    """No checkpoint to read where one was asked for, with what was there instead."""
+
+
 class Checkpoints:
-    def __init__(self, directory: str | pathlib.Path, keep: int = 3):
+    """A training run's checkpoint folder; `read_only` for readers (evaluation, prediction,
+    warm starts), which must not clean up after a run that may still be saving."""
+
+    def __init__(self, directory: str | pathlib.Path, keep: int = 3, read_only: bool = False):
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep}.")
         self.directory = pathlib.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
+            read_only=read_only,
             preservation_policy=AnyPreservationPolicy(
                 [
                     LatestN(n=keep),
@@ -39,7 +47,7 @@ class Checkpoints:
                     ),
                 ]
             ),
-            cleanup_tmp_directories=True,  # what a crash mid-save left behind
+            cleanup_tmp_directories=not read_only,  # what a crash mid-save left behind
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -103,6 +111,13 @@ class Checkpoints:
             error,
         )
 
+    def restore_arrays(self, step: int) -> dict:
+        """The state saved at `step` as nested dicts of NumPy arrays, whatever its shapes."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+        return restored.state
+
     def record(self, step: int) -> dict:
         """The JSON record of a checkpoint, without reading its arrays."""
         restored = self.manager.restore(
@@ -115,3 +130,60 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def read_trained_variables(workdir: str | pathlib.Path, which: str | int = "latest"):
+    """(variables, config, step) from a train.py work directory: the model variables ("params"
+    and, with BatchNorm, "batch_stats") as NumPy arrays and the run's config as a dict.
+
+    `which` is "latest" (the newest readable checkpoint), "best" (by validation top-1) or a
+    step number.
+    """
+    workdir = pathlib.Path(workdir).expanduser()
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointNotFound(
+            f"No checkpoints in {workdir}: expected the --workdir of a train.py run, holding "
+            f"{directory}."
+        )
+    store = Checkpoints(directory, read_only=True)
+    try:
+        steps = store.steps()
+        if not steps:
+            raise CheckpointNotFound(f"{directory} holds no checkpoint yet.")
+        if which == "latest":
+            candidates = list(reversed(steps))
+        elif which == "best":
+            best = store.best_step()
+            if best is None:
+                raise CheckpointNotFound(
+                    f"No checkpoint in {directory} has validation metrics (the run never "
+                    f"finished an epoch): use the latest one."
+                )
+            candidates = [best]
+        else:
+            step = int(which)
+            if step not in steps:
+                raise CheckpointNotFound(
+                    f"No checkpoint at step {step} in {directory}; it has steps "
+                    f"{', '.join(map(str, steps))}."
+                )
+            candidates = [step]
+        for step in candidates:
+            try:
+                record = store.record(step)
+                state = store.restore_arrays(step)
+            except Exception as error:  # orbax raises many types for a damaged checkpoint
+                if len(candidates) == 1 or step == candidates[-1]:
+                    raise CheckpointNotFound(
+                        f"The checkpoint at step {step} in {directory} is unreadable "
+                        f"({type(error).__name__}: {error})."
+                    ) from error
+                store._warn_unreadable(step, error)
+                continue
+            variables = {"params": state["params"]}
+            if state.get("batch_stats"):
+                variables["batch_stats"] = state["batch_stats"]
+            return variables, record.get("config", {}), step
+    finally:
+        store.close()

@@ -157,7 +157,7 @@ class SkippedImages:
         return list(dict.fromkeys(names))
 
 
-def _encoded_examples(builder, split: str, drop_remainder: bool) -> tf.data.Dataset:
+def encoded_examples(builder, split: str, drop_remainder: bool) -> tf.data.Dataset:
     """This process's share of a split, images still encoded, each with a name for reports."""
     decoders = {"image": tfds.decode.SkipDecoding()}
     if isinstance(builder, tfds.ImageFolder):
@@ -183,7 +183,7 @@ def _encoded_examples(builder, split: str, drop_remainder: bool) -> tf.data.Data
     return ds.map(named)
 
 
-def _drop_malformed(ds: tf.data.Dataset, skipped: SkippedImages) -> tf.data.Dataset:
+def drop_malformed(ds: tf.data.Dataset, skipped: SkippedImages) -> tf.data.Dataset:
     def keep(*args):
         example = args[-1]
         return tf.cond(
@@ -284,12 +284,12 @@ def train_batches(
     when over half the split is unreadable."""
     epoch_seed = seed * 100_003 + epoch
     batch_size = local_batch_size(global_batch_size)
-    ds = _encoded_examples(builder, split, drop_remainder=True)
+    ds = encoded_examples(builder, split, drop_remainder=True)
     ds = ds.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
     # A second pass over the same order tops the epoch up to its full count of batches when
     # bad files were dropped; positions (and so every random draw) are the same either way.
     ds = ds.enumerate().repeat(2).skip(skip_batches * batch_size)
-    ds = _drop_malformed(ds, skipped or SkippedImages())
+    ds = drop_malformed(ds, skipped or SkippedImages())
 
     def prepare(position, example):
         example_seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
@@ -326,7 +326,7 @@ def eval_batches(
     batch_size = local_batch_size(global_batch_size)
     total = builder.info.splits[split].num_examples
     num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch_size)
-    ds = _drop_malformed(_encoded_examples(builder, split, False), skipped or SkippedImages())
+    ds = drop_malformed(encoded_examples(builder, split, False), skipped or SkippedImages())
 
     def prepare(example):
         image = preprocessing(example["image"])
@@ -346,10 +346,10 @@ def eval_batches(
                 )
             batch = {"image": np.zeros((0, *shape), np.uint8), "label": np.zeros(0, np.int32)}
         shape = batch["image"].shape[1:]
-        yield _to_devices(_pad(batch, batch_size))
+        yield _to_devices(pad_batch(batch, batch_size))
 
 
-def _pad(batch: dict, batch_size: int) -> dict:
+def pad_batch(batch: dict, batch_size: int) -> dict:
     real = len(batch["label"])
     padding = batch_size - real
     padded = {

@@ -27,6 +27,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from vgg_jax import convert
+from vgg_jax.architectures import resolve_model_name
 from vgg_jax.models import VGG, create_model
 from vgg_jax.normalization import MEAN_RGB, STDDEV_RGB
 
@@ -224,20 +225,38 @@ def _decoded(names) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def variables_from_file(path, model: VGG, layout: str | None = None) -> dict:
-    """vgg_jax variables for `model` from a weights file (.pth, .safetensors or Keras .h5)."""
+def _converted(path, config: str, batch_norm: bool, layout: str | None) -> tuple[dict, str]:
     path = pathlib.Path(path)
     layout = layout or ("keras" if path.suffix.lower() == ".h5" else "torch")
     arrays = read_arrays(path, layout)
     if layout == "keras":
-        variables = convert.from_keras(arrays, model.config)
-    else:
-        variables = convert.from_torch(arrays, model.config, model.batch_norm)
-    _check_shapes(variables, model)
+        return convert.from_keras(arrays, config), layout
+    return convert.from_torch(arrays, config, batch_norm), layout
+
+
+def variables_from_file(path, model: VGG, layout: str | None = None) -> dict:
+    """vgg_jax variables for `model` from a weights file (.pth, .safetensors or Keras .h5)."""
+    variables, _ = _converted(path, model.config, model.batch_norm, layout)
+    check_shapes(variables, model)
     return jax.tree.map(jnp.asarray, variables)
 
 
-def _check_shapes(variables: dict, model: VGG) -> None:
+def model_from_file(
+    path, model_name: str, layout: str | None = None, **model_kwargs
+) -> tuple[VGG, dict, Callable]:
+    """(model, variables, preprocess) from a weights file of any number of classes: the
+    model is `model_name` ("vgg16", "vgg16_bn", ...) sized to the file; torchvision's
+    preprocessing for PyTorch layouts, the Caffe one for Keras h5 files."""
+    config, batch_norm = resolve_model_name(model_name)
+    variables, layout = _converted(path, config, batch_norm, layout)
+    num_classes = int(variables["params"]["fc8"]["kernel"].shape[-1])
+    model = create_model(model_name, num_classes=num_classes, **model_kwargs)
+    check_shapes(variables, model)
+    preprocess = CAFFE_PREPROCESSING if layout == "keras" else TORCHVISION_PREPROCESSING
+    return model, jax.tree.map(jnp.asarray, variables), preprocess
+
+
+def check_shapes(variables: dict, model: VGG) -> None:
     """Every converted array must have the shape `model` gives it."""
     fc6 = variables["params"]["fc6"]["kernel"].shape
     image = jax.ShapeDtypeStruct((1, 32 * fc6[0], 32 * fc6[1], model.in_channels), jnp.float32)

@@ -1,0 +1,136 @@
+"""Trained classifiers ready to use, from a train.py work directory or from pretrained weights.
+
+    classifier = vgg_jax.inference.from_checkpoint("runs/default")          # latest checkpoint
+    classifier = vgg_jax.inference.from_weights("vgg16.tv_in1k")            # published weights
+    logits = classifier.model.apply(classifier.variables, classifier.preprocess(uint8_images))
+
+A Classifier carries what inference needs besides the network: the preprocessing its weights
+expect (uint8 RGB -> model input), its class names, and the data it was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import tensorflow_datasets as tfds
+from ml_collections import ConfigDict
+
+from vgg_jax import pretrained
+from vgg_jax.architectures import resolve_model_name
+from vgg_jax.checkpoints import read_trained_variables
+from vgg_jax.input_pipeline import LOCAL_BUILDERS, image_folder, is_folder_dataset
+from vgg_jax.models import VGG
+from vgg_jax.normalization import normalize
+from vgg_jax.trainer import build_model, compute_dtype
+
+logger = logging.getLogger("vgg_jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    name: str  # what the reports call it: the work directory and step, or the weights' name
+    model: VGG
+    variables: dict
+    preprocess: Callable[[jax.Array], jax.Array]  # uint8 RGB images -> the model's input
+    class_names: tuple[str, ...]
+    dataset: str  # the data set it was trained on (the default to evaluate on) ...
+    data_dir: str
+    eval_split: str  # ... and its split for evaluation
+    eval_scale: int  # the test scale Q its training config evaluated at
+
+
+def _model_description(name: str) -> str:
+    config, batch_norm = resolve_model_name(name)
+    return f"{name} (configuration {config}{' with batch norm' if batch_norm else ''})"
+
+
+def check_expected_model(found: str, expected: str | None, where: str) -> None:
+    """A model name asked for must be the one the weights are for."""
+    if expected is not None and resolve_model_name(expected) != resolve_model_name(found):
+        raise ValueError(
+            f"{where} holds a {_model_description(found)}, not a {_model_description(expected)}: "
+            f"drop the model option or point it at the right run."
+        )
+
+
+def class_names(dataset: str, data_dir: str | None, num_classes: int) -> tuple[str, ...]:
+    """The label names of a data set, read from its metadata without preparing it; "class i"
+    where they cannot be read."""
+    if dataset.split("/")[0] == "imagenet2012" and num_classes == 1000:
+        return tuple(pretrained.imagenet_class_names())  # tfds names them by WordNet id only
+    try:
+        if is_folder_dataset(dataset):
+            builder = image_folder(dataset)
+        elif dataset in LOCAL_BUILDERS:
+            builder = LOCAL_BUILDERS[dataset](data_dir=data_dir or None)
+        else:
+            builder = tfds.builder(dataset, data_dir=data_dir or None)
+        names = tuple(builder.info.features["label"].names)
+        if len(names) == num_classes:
+            return names
+    except Exception as error:  # metadata of a data set that is not here: numbered classes
+        logger.warning("No class names for %s (%s); numbering the classes.", dataset, error)
+    return tuple(f"class {i}" for i in range(num_classes))
+
+
+def from_checkpoint(
+    workdir: str | pathlib.Path, checkpoint: str | int = "latest", model: str | None = None
+) -> Classifier:
+    """The network of a train.py run with the variables of one of its checkpoints ("latest",
+    "best" or a step). `model`, if given, must name the network the run trained."""
+    variables, saved, step = read_trained_variables(workdir, checkpoint)
+    config = ConfigDict(saved)
+    check_expected_model(config.model, model, f"The checkpoint in {workdir}")
+    num_classes = int(variables["params"]["fc8"]["kernel"].shape[-1])
+    network = build_model(config, num_classes)
+    pretrained.check_shapes(variables, network)
+    return Classifier(
+        name=f"{workdir} (step {step})",
+        model=network,
+        variables=jax.tree.map(jnp.asarray, variables),
+        preprocess=normalize,
+        class_names=class_names(config.dataset, config.data_dir, num_classes),
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        eval_split=config.eval_split,
+        eval_scale=config.eval_scale or config.crop_size or 0,
+    )
+
+
+def from_weights(
+    weights: str, model: str | None = None, download: bool = True, dtype: str = "auto"
+) -> Classifier:
+    """Published weights by registry name ("vgg16.tv_in1k", see vgg_jax.PRETRAINED_WEIGHTS),
+    or a weights file (.pth, .safetensors, Keras .h5) of the network `model` names."""
+    options = {"dtype": compute_dtype(dtype)}
+    if weights in pretrained.WEIGHTS:
+        check_expected_model(pretrained.WEIGHTS[weights].model, model, weights)
+        network, variables, preprocess = pretrained.load_pretrained(
+            weights, download=download, **options
+        )
+    elif pathlib.Path(weights).expanduser().is_file():
+        if model is None:
+            raise ValueError(f"Say which network {weights} holds: a model name such as vgg16.")
+        path = pathlib.Path(weights).expanduser()
+        network, variables, preprocess = pretrained.model_from_file(path, model, **options)
+    else:
+        raise ValueError(
+            f"{weights!r} is neither a weights file nor a known name; the known ones are "
+            f"{', '.join(pretrained.WEIGHTS)}."
+        )
+    return Classifier(
+        name=weights,
+        model=network,
+        variables=variables,
+        preprocess=preprocess,
+        class_names=class_names("imagenet2012", None, network.num_classes),
+        dataset="imagenet2012",
+        data_dir="",
+        eval_split="validation",
+        eval_scale=256,
+    )
