@@ -65,17 +65,6 @@ def check_scales(scales: Sequence[int], crop: int, name: str) -> tuple[int, ...]
     return tuple(scales)
 
 
-def _row(model: str, protocol: str, scales, posteriors, labels, seen) -> dict:
-    errors = top_k_errors(posteriors[seen], labels[seen])
-    return {
-        "model": model,
-        "protocol": protocol,
-        "scales": list(scales),
-        "top1_error": errors[1],
-        "top5_error": errors[5],
-    }
-
-
 def evaluate(
     classifiers: Sequence[Classifier],
     builder,
@@ -84,27 +73,39 @@ def evaluate(
     scales: Sequence[int],
     batch_size: int = 16,
     progress: bool = True,
+    keep_posteriors: bool = False,
 ) -> dict:
     """Errors of each classifier (and of their ensemble) under each protocol, at each scale
-    and with the scales' posteriors averaged. Returns the report written as JSON."""
+    and with the scales' posteriors averaged. Returns the report written as JSON; with
+    `keep_posteriors` also "posteriors": {(model, protocol, scales): (examples, classes)} and
+    "labels" (not JSON)."""
     protocols = check_protocols(protocols)
     if not classifiers:
         raise ValueError("Nothing to evaluate: give at least one model.")
     num_classes = {c.model.num_classes for c in classifiers}
     if len(num_classes) > 1:
         raise ValueError(f"An ensemble's models must share their classes; got {num_classes}.")
-    if split not in builder.info.splits:
+    try:  # a name, or a slice of one ("test[:1000]")
+        total = builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
         raise ValueError(
             f"Data set {builder.name!r} has no split {split!r}; it has "
             f"{', '.join(builder.info.splits)}."
-        )
-    total = builder.info.splits[split].num_examples
+        ) from None
     shape = (total, num_classes.pop())
     labels, seen = np.zeros(total, np.int64), np.zeros(total, bool)
     skipped = input_pipeline.SkippedImages()
     mesh = Mesh(np.array(jax.local_devices()), ("batch",))
     by_example = NamedSharding(mesh, PartitionSpec("batch"))
-    rows, ensemble = [], {p: np.zeros(shape, np.float32) for p in protocols}
+    rows, kept, ensemble = [], {}, {p: np.zeros(shape, np.float32) for p in protocols}
+
+    def add_row(model: str, protocol: str, scales, posteriors: np.ndarray) -> None:
+        errors = top_k_errors(posteriors[seen], labels[seen])
+        rows.append({"model": model, "protocol": protocol, "scales": list(scales),
+                     "top1_error": errors[1], "top5_error": errors[5]})  # fmt: skip
+        if keep_posteriors:
+            kept[model, protocol, tuple(scales)] = posteriors[seen]
+
     for classifier in classifiers:
         crop = crop_size(classifier.model, classifier.variables)
         scales = check_scales(scales, crop, classifier.name)
@@ -123,32 +124,31 @@ def evaluate(
                 labels[index], seen[index] = batch["label"][real], True
                 for protocol in protocols:
                     at_scale[protocol][index] = out[protocol][real]
+            if not seen.any():
+                raise ValueError(f"No readable example in split {split!r} of {builder.name!r}.")
             for protocol in protocols:
-                row = _row(classifier.name, protocol, [scale], at_scale[protocol], labels, seen)
-                rows.append(row)
+                add_row(classifier.name, protocol, [scale], at_scale[protocol])
                 over_scales[protocol] += at_scale[protocol] / len(scales)
         for protocol in protocols:
             if len(scales) > 1:
-                rows.append(
-                    _row(classifier.name, protocol, scales, over_scales[protocol], labels, seen)
-                )
+                add_row(classifier.name, protocol, scales, over_scales[protocol])
             ensemble[protocol] += over_scales[protocol] / len(classifiers)
     if len(classifiers) > 1:
-        name = f"ensemble of {len(classifiers)}"
-        rows += [_row(name, p, scales, ensemble[p], labels, seen) for p in protocols]
-    skipped_names = skipped.take()
-    if not seen.any():
-        raise ValueError(f"No readable example in split {split!r} of {builder.name!r}.")
-    return {
+        for protocol in protocols:
+            add_row(f"ensemble of {len(classifiers)}", protocol, scales, ensemble[protocol])
+    report = {
         "dataset": builder.name,
         "split": split,
         "examples": int(seen.sum()),
-        "skipped_images": skipped_names,
+        "skipped_images": skipped.take(),
         "models": [c.name for c in classifiers],
         "protocols": list(protocols),
         "scales": list(scales),
         "results": rows,
     }
+    if keep_posteriors:
+        report.update(posteriors=kept, labels=labels[seen])
+    return report
 
 
 def format_table(report: dict) -> str:

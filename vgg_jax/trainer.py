@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vgg_jax import input_pipeline, optim
-from vgg_jax.checkpoints import Checkpoints
+from vgg_jax import input_pipeline, optim, warm_start
+from vgg_jax.checkpoints import CheckpointNotFound, Checkpoints, read_trained_variables
 from vgg_jax.architectures import resolve_model_name
 from vgg_jax.models import VGG
 from vgg_jax.run_reports import (
@@ -76,6 +76,11 @@ def validate_config(config) -> None:
     except ValueError as error:
         raise TrainingError(f"config.{error}") from None
     compute_dtype(config.dtype)
+    if config.init_layers not in warm_start.INIT_LAYERS:
+        raise TrainingError(
+            f"Unknown init_layers {config.init_layers!r}; choose one of "
+            f"{', '.join(warm_start.INIT_LAYERS)}."
+        )
 
 
 def build_model(config, num_classes: int) -> VGG:
@@ -201,6 +206,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         if restored is not None:
             state, record = restored
             logger.info("Resumed from step %d in %s.", int(state.step), checkpoints.directory)
+        elif config.init_from:
+            state = start_from_run(config, state)
         step = int(state.step)
         if is_main:
             (workdir / "config.json").write_text(config.to_json(indent=2))
@@ -304,6 +311,29 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         for handler in log_handlers:
             logger.removeHandler(handler)
             handler.close()
+
+
+def start_from_run(config, state):
+    """`state` with layers of config.init_from's latest checkpoint copied in (vgg_jax.warm_start):
+    every layer for fine-tuning, or the paper's warm start from net A."""
+    try:
+        source, source_config, step = read_trained_variables(config.init_from)
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        variables, layers = warm_start.initial_variables(
+            variables, source, source_config.get("model", "?"), config.init_layers
+        )
+    except (CheckpointNotFound, ValueError) as error:
+        raise TrainingError(
+            f"config.init_from={config.init_from!r}: {error} (set --config.init_from='' to "
+            f"start from random weights)."
+        ) from None
+    logger.info(
+        "Initialised from %s (step %d, %s): copied %s; the other layers start random.",
+        config.init_from, step, source_config.get("model"), ", ".join(layers),
+    )  # fmt: skip
+    return state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
 
 
 def _after_evaluation(config, replicated, metrics: dict):

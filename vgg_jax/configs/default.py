@@ -47,6 +47,13 @@ def get_config() -> ConfigDict:
     config.weight_decay = 5e-4
     config.grad_clip_norm = 0.0  # 0: no clipping
 
+    # Starting point (Section 3.1), used when the workdir has no checkpoint yet: the latest
+    # checkpoint of another train.py run. init_layers "all" copies every layer (fine-tuning, as
+    # the paper's S=384 and scale-jittered nets); "warm_start" copies the first four convs and
+    # the three FC layers of a net A into a deeper one (vgg_jax.warm_start has the mapping).
+    config.init_from = ""  # a train.py --workdir; "" starts from random weights
+    config.init_layers = "all"
+
     # Bookkeeping.
     config.seed = 0
     config.log_every_steps = 20

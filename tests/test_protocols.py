@@ -1,0 +1,143 @@
+"""The paper's test protocols on real forward passes of small models (vgg_jax.protocols), and
+the shape-bucketed test data (vgg_jax.evaluation_data)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import images, init, relative_error
+
+import vgg_jax
+from vgg_jax import input_pipeline, protocols
+from vgg_jax.evaluation_data import rescaled_batches, rescaled_image, trim_to_bucket
+
+
+def small_model(size, seed=0):
+    """VGG-A, 1/16 width, 7 classes, Glorot init (posteriors far from uniform); FC6's window
+    fixed by `size` (224: 7x7, 32: 1x1)."""
+    model = vgg_jax.vgg11(
+        num_classes=7, width=1 / 16, fc_features=16, dropout_rate=0.0, init_scheme="glorot"
+    )
+    return model, init(model, jnp.zeros((1, size, size, 3)), seed)
+
+
+def test_dense_evaluation_at_224_without_flip_equals_the_centre_crop_logits():
+    model, variables = small_model(224)
+    x = images((2, 224, 224, 3), seed=1)
+    assert protocols.crop_size(model, variables) == 224
+    classic = model.apply(variables, x)
+    dense = model.apply(variables, x, dense=True)
+    assert relative_error(dense, classic) < 1e-5
+    by_protocol = protocols.dense_posteriors(model, variables, x, flip=False)
+    centre = protocols.center_posteriors(model, variables, x, crop=224)
+    np.testing.assert_allclose(by_protocol, centre, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(centre, jax.nn.softmax(classic), rtol=1e-5, atol=1e-7)
+
+
+def test_dense_evaluation_averages_the_image_and_its_mirror():
+    model, variables = small_model(32)
+    x = images((3, 64, 96, 3), seed=2)
+    expected = (
+        jax.nn.softmax(model.apply(variables, x, dense=True))
+        + jax.nn.softmax(model.apply(variables, x[:, :, ::-1], dense=True))
+    ) / 2
+    got = protocols.dense_posteriors(model, variables, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    unflipped = protocols.dense_posteriors(model, variables, x, flip=False)
+    assert np.max(np.abs(got - unflipped)) > 1e-5  # float32 rounding is ~1e-7
+
+
+def test_grid_offsets_include_both_edges_and_the_centre():
+    assert protocols.grid_offsets(256, 224) == (0, 8, 16, 24, 32)
+    assert protocols.grid_offsets(384, 224) == (0, 40, 80, 120, 160)
+    assert protocols.grid_offsets(224, 224) == (0,) * 5
+    with pytest.raises(ValueError, match="does not fit"):
+        protocols.grid_offsets(200, 224)
+
+
+def test_multi_crop_takes_50_views_per_scale_at_the_grid_offsets():
+    x = images((2, 64, 96, 3), seed=3)
+    views = protocols.multi_crops(x, crop=32)
+    assert views.shape == (2, 50, 32, 32, 3)
+    rows, cols = protocols.grid_offsets(64, 32), protocols.grid_offsets(96, 32)
+    assert rows == (0, 8, 16, 24, 32) and cols == (0, 16, 32, 48, 64)
+    for i, top in enumerate(rows):
+        for j, left in enumerate(cols):
+            crop = x[:, top : top + 32, left : left + 32]
+            np.testing.assert_array_equal(views[:, 5 * i + j], crop)
+            np.testing.assert_array_equal(views[:, 25 + 5 * i + j], crop[:, :, ::-1])
+    np.testing.assert_array_equal(views[:, 0], x[:, :32, :32])  # top-left corner
+    np.testing.assert_array_equal(views[:, 24], x[:, 32:, 64:])  # bottom-right corner
+    np.testing.assert_array_equal(views[:, 12], protocols.center_crop(x, 32))  # the centre
+
+
+def test_multi_crop_posteriors_are_the_mean_softmax_of_the_50_views():
+    model, variables = small_model(32)
+    x = images((2, 64, 96, 3), seed=4)
+    views = protocols.multi_crops(x, crop=32).reshape(100, 32, 32, 3)
+    expected = jax.nn.softmax(model.apply(variables, views)).reshape(2, 50, 7).mean(axis=1)
+    got = jax.jit(lambda v, x: protocols.multi_crop_posteriors(model, v, x, crop=32))(variables, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.sum(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_dense_plus_multi_crop_is_the_mean_of_the_two():
+    model, variables = small_model(32)
+    x = images((2, 64, 64, 3), seed=5)
+    out = protocols.protocol_posteriors(model, variables, x, protocols.PROTOCOLS, crop=32)
+    assert set(out) == set(protocols.PROTOCOLS)
+    np.testing.assert_allclose(
+        out["dense+multi_crop"], (out["dense"] + out["multi_crop"]) / 2, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="Unknown protocol"):
+        protocols.check_protocols(["dense", "ten_crop"])
+
+
+def test_top_k_errors_count_a_tie_in_the_labels_favour():
+    posteriors = np.array([[0.5, 0.3, 0.2], [0.2, 0.4, 0.4], [0.1, 0.3, 0.6]])
+    labels = np.array([0, 2, 1])
+    errors = protocols.top_k_errors(posteriors, labels, ks=(1, 2, 5))
+    assert errors == {1: pytest.approx(100 / 3), 2: 0.0, 5: 0.0}
+
+
+def _jpeg(height, width, seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return tf.io.encode_jpeg(pixels).numpy()
+
+
+def test_rescaling_keeps_q_and_trims_the_long_side_to_a_bucket_around_the_centre():
+    image = tf.constant(np.arange(256 * 341 * 3, dtype=np.int32).reshape(256, 341, 3))
+    trimmed = trim_to_bucket(image, 256).numpy()
+    assert trimmed.shape == (256, 320, 3)  # 341 -> 256 + 2 * 32
+    # The centre crop is unchanged by the trimming.
+    np.testing.assert_array_equal(
+        protocols.center_crop(trimmed[None], 224)[0], protocols.center_crop(image[None], 224)[0]
+    )
+    assert rescaled_image(tf.constant(_jpeg(300, 400)), 256).shape == (256, 320, 3)
+    assert rescaled_image(tf.constant(_jpeg(400, 300)), 256).shape == (320, 256, 3)
+    assert rescaled_image(tf.constant(_jpeg(50, 50)), 64).shape == (64, 64, 3)
+
+
+def test_images_of_many_sizes_make_few_batch_shapes(tmp_path):
+    """Twelve sizes, two batch shapes: the compilations do not grow with the data."""
+    sizes = [(48, 60 + 6 * k) for k in range(12)]
+    for i, (height, width) in enumerate(sizes):
+        folder = tmp_path / "photos" / "test" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.jpg").write_bytes(_jpeg(height, width, seed=i))
+    builder = input_pipeline.get_builder(str(tmp_path / "photos"))
+    batches = list(rescaled_batches(builder, "test", scale=32, batch_size=4))
+    shapes = {batch["image"].shape for batch in batches}
+    # Smaller side 32; the longer one 40..60 -> 32 and 64..84 -> 64.
+    assert shapes <= {(4, 32, 32, 3), (4, 32, 64, 3)}, shapes
+    assert len(shapes) == 2
+    indices = np.concatenate([b["index"][b["mask"] > 0] for b in batches])
+    assert sorted(indices) == list(range(12))  # every example once
+    model, variables = small_model(32)
+    posteriors = jax.jit(
+        lambda v, x: protocols.protocol_posteriors(model, v, x, ["dense", "center"], crop=32)
+    )
+    for batch in batches:
+        posteriors(variables, batch["image"].astype(np.float32))
+    assert posteriors._cache_size() == 2
