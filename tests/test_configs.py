@@ -40,9 +40,35 @@ def test_fixed_scale_configs_build_each_configuration(model, expected_params):
     _, variables = abstract_params(config, 1000, (224, 224, 3))
     assert count_params(variables["params"]) == expected_params  # PAPER.md's counts
     assert input_pipeline.augmentation_from_config(config).scale == (256, 256)
-    assert config.eval_scale == 256
+    assert config.eval_scale == 256 and config.init_scheme == "paper"
+    # The paper's warm start: B-E begin from the net A that the `:vgg11` config trains.
+    if model == "vgg11":
+        assert config.init_from == ""
+    else:
+        assert (config.init_from, config.init_layers) == ("runs/vgg11_s256", "warm_start")
     with pytest.raises(ValueError, match="Unknown VGG configuration 'vgg17'"):
         get_config("imagenet_fixed_scale", "vgg17")
+
+
+def test_fine_tune_configs_continue_from_the_previous_scale():
+    at_384 = get_config("imagenet_fine_tune", "vgg16,384")
+    jittered = get_config("imagenet_fine_tune", "vgg19,jittered")
+    for config in (at_384, jittered):
+        validate_config(config)
+        assert config.learning_rate == 1e-3 and config.init_layers == "all"
+        assert config.eval_scale == 384
+    assert (at_384.model, at_384.train_scale, at_384.init_from) == (
+        "vgg16",
+        (384, 384),
+        "runs/vgg16_s256",
+    )
+    assert (jittered.model, jittered.train_scale, jittered.init_from) == (
+        "vgg19",
+        (256, 512),
+        "runs/vgg19_s384",
+    )
+    with pytest.raises(ValueError, match="MODEL,STAGE"):
+        get_config("imagenet_fine_tune", "vgg16,512")
 
 
 def test_imagenette_recipe_reads_imagenette_through_tfds(tmp_path):

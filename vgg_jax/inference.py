@@ -24,7 +24,7 @@ from vgg_jax import pretrained
 from vgg_jax.architectures import resolve_model_name
 from vgg_jax.checkpoints import read_trained_variables
 from vgg_jax.input_pipeline import LOCAL_BUILDERS, image_folder, is_folder_dataset
-from vgg_jax.models import VGG
+from vgg_jax.models import VGG, create_model
 from vgg_jax.normalization import normalize
 from vgg_jax.trainer import build_model, compute_dtype
 
@@ -44,17 +44,20 @@ class Classifier:
     eval_scale: int  # the test scale Q its training config evaluated at
 
 
-def _model_description(name: str) -> str:
-    config, batch_norm = resolve_model_name(name)
-    return f"{name} (configuration {config}{' with batch norm' if batch_norm else ''})"
+def _description(config: str, batch_norm: bool) -> str:
+    return f"configuration {config}{' with batch norm' if batch_norm else ''}"
 
 
-def check_expected_model(found: str, expected: str | None, where: str) -> None:
-    """A model name asked for must be the one the weights are for."""
-    if expected is not None and resolve_model_name(expected) != resolve_model_name(found):
+def check_expected_model(found: VGG, expected: str | None, where: str) -> None:
+    """A model name asked for must be the network the weights are for."""
+    if expected is None:
+        return
+    wanted = resolve_model_name(expected)
+    if wanted != (found.config, found.batch_norm):
         raise ValueError(
-            f"{where} holds a {_model_description(found)}, not a {_model_description(expected)}: "
-            f"drop the model option or point it at the right run."
+            f"{where} holds a VGG of {_description(found.config, found.batch_norm)}, not "
+            f"{expected} ({_description(*wanted)}): drop the model option or point it at the "
+            f"right run."
         )
 
 
@@ -85,9 +88,9 @@ def from_checkpoint(
     "best" or a step). `model`, if given, must name the network the run trained."""
     variables, saved, step = read_trained_variables(workdir, checkpoint)
     config = ConfigDict(saved)
-    check_expected_model(config.model, model, f"The checkpoint in {workdir}")
     num_classes = int(variables["params"]["fc8"]["kernel"].shape[-1])
     network = build_model(config, num_classes)
+    check_expected_model(network, model, f"The checkpoint in {workdir}")
     pretrained.check_shapes(variables, network)
     return Classifier(
         name=f"{workdir} (step {step})",
@@ -109,7 +112,7 @@ def from_weights(
     or a weights file (.pth, .safetensors, Keras .h5) of the network `model` names."""
     options = {"dtype": compute_dtype(dtype)}
     if weights in pretrained.WEIGHTS:
-        check_expected_model(pretrained.WEIGHTS[weights].model, model, weights)
+        check_expected_model(create_model(pretrained.WEIGHTS[weights].model), model, weights)
         network, variables, preprocess = pretrained.load_pretrained(
             weights, download=download, **options
         )

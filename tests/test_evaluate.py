@@ -1,0 +1,201 @@
+"""Evaluating and predicting with trained models: `python -m vgg_jax.evaluate` and
+`python -m vgg_jax.predict` on a small VGG-A trained here on the embedded digits, and the
+paper's warm start through the trainer."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from training_setup import flat_arrays
+
+from vgg_jax import evaluate, inference, input_pipeline, optim, predict, warm_start
+from vgg_jax.models import create_model
+from vgg_jax.checkpoints import read_trained_variables
+from vgg_jax.configs import get_config
+from vgg_jax.trainer import TrainingError, build_model, train_and_evaluate
+from vgg_jax.training import create_train_state, model_for_training
+
+
+def digits_config(digits_dir, **overrides):
+    """A 1/8-width VGG-A with batch norm: one epoch of 44 steps takes it to ~65% top-1 on the
+    digits (chance: 10%)."""
+    config = get_config()
+    config.update(
+        data_dir=digits_dir, width=1 / 8, fc_features=32, batch_norm=True, dropout_rate=0.0,
+        batch_size=32, num_epochs=1, learning_rate=0.4, lr_schedule="step", lr_step_epochs=(9,),
+        log_every_steps=20,
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(digits_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("digits_vgg11")
+    summary = train_and_evaluate(digits_config(digits_dir), workdir)
+    assert summary["best_top1_accuracy"] > 0.3
+    return workdir
+
+
+def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, capsys):
+    classifier = inference.from_checkpoint(trained)
+    assert classifier.class_names == tuple(str(d) for d in range(10))
+    builder = input_pipeline.get_builder("digits", classifier.data_dir)
+    report = evaluate.evaluate(
+        [classifier], builder, "test[:48]", evaluate.PROTOCOLS, scales=[32, 48], batch_size=16,
+        progress=False, keep_posteriors=True,
+    )  # fmt: skip
+    assert report["examples"] == 48
+    rows = {(r["protocol"], tuple(r["scales"])): r for r in report["results"]}
+    assert set(rows) == {(p, s) for p in evaluate.PROTOCOLS for s in [(32,), (48,), (32, 48)]}
+    for row in rows.values():
+        assert 0 <= row["top5_error"] <= row["top1_error"] <= 100
+    assert rows["center", (32,)]["top1_error"] < 70  # trained at 32x32: better than chance
+    posteriors, labels = report["posteriors"], report["labels"]
+    for protocol in evaluate.PROTOCOLS:
+        at = {
+            scales: posteriors[classifier.name, protocol, scales]
+            for scales in [(32,), (48,), (32, 48)]
+        }
+        np.testing.assert_allclose(at[32, 48], (at[32,] + at[48,]) / 2, rtol=1e-6)
+        errors = evaluate.top_k_errors(at[32, 48], labels)
+        assert rows[protocol, (32, 48)]["top1_error"] == errors[1]
+    print(evaluate.format_table(report))
+    assert "| dense+multi_crop | 32, 48 |" in capsys.readouterr().out
+
+
+def test_an_ensemble_of_a_model_with_itself_equals_the_model(trained):
+    classifier = inference.from_checkpoint(trained, "best")
+    builder = input_pipeline.get_builder("digits", classifier.data_dir)
+    run = lambda members: evaluate.evaluate(  # noqa: E731
+        members, builder, "test[:32]", ["dense"], [32], 16, progress=False, keep_posteriors=True
+    )
+    single, double = run([classifier]), run([classifier, classifier])
+    ensemble = double["posteriors"]["ensemble of 2", "dense", (32,)]
+    np.testing.assert_allclose(ensemble, single["posteriors"][classifier.name, "dense", (32,)])
+    assert double["results"][-1]["top1_error"] == single["results"][0]["top1_error"]
+
+
+def test_evaluate_command_writes_the_table_and_json(trained, tmp_path, capsys):
+    output = tmp_path / "results.json"
+    code = evaluate.main([
+        f"--workdir={trained}", "--protocols=center,dense", "--scales=32",
+        "--split=test[:32]", "--batch_size=8", f"--output={output}",
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads(output.read_text())
+    assert report["examples"] == 32 and len(report["results"]) == 2
+    out = capsys.readouterr().out
+    assert "| protocol | test scale Q | top-1 error (%) | top-5 error (%) |" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model=vgg16_bn"], "configuration A with batch norm, not vgg16_bn (configuration D"),
+        (["--model=vgg11"], "configuration A with batch norm, not vgg11 (configuration A)"),
+        (["--checkpoint=7"], "No checkpoint at step 7"),
+        (["--scales=16"], "smaller than the 32-pixel input"),
+        (["--protocols=ten_crop"], "Unknown protocol"),
+        (["--split=validation"], "has no split 'validation'"),
+    ],
+)
+def test_evaluate_command_explains_bad_requests(trained, args, message, capsys):
+    assert evaluate.main([f"--workdir={trained}", "--split=test[:8]", *args]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_command_without_a_checkpoint_says_so(tmp_path, capsys):
+    assert evaluate.main([f"--workdir={tmp_path / 'nothing'}"]) == 1
+    assert "No checkpoints in" in capsys.readouterr().err
+
+
+def write_digit_images(folder, count=3):
+    """The last digits of scikit-learn's set as 32x32 RGB PNGs; returns (paths, labels)."""
+    digits = load_digits()
+    paths, labels = [], []
+    for i in range(1, count + 1):
+        pixels = np.kron(digits.images[-i], np.ones((4, 4))) * 255 / 16  # 8x8 -> 32x32
+        pixels = np.repeat(pixels[..., None].astype(np.uint8), 3, axis=-1)
+        path = folder / f"digit{i}.png"
+        path.write_bytes(tf.io.encode_png(pixels).numpy())
+        paths.append(path)
+        labels.append(int(digits.target[-i]))
+    return paths, labels
+
+
+def test_predict_prints_the_top_classes_by_name(trained, tmp_path, capsys):
+    paths, _ = write_digit_images(tmp_path)
+    assert predict.main([*map(str, paths), f"--workdir={trained}", "--top=3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(paths[0]) and len(out) == 3 * 4
+    probabilities = [float(line.split("%")[0].split()[-1]) for line in out[1:4]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+    classifier = inference.from_checkpoint(trained)
+    for dense in (False, True):
+        top = predict.predict(classifier, paths, dense=dense, top=10)
+        for classes in top:
+            assert sorted(index for _, index, _ in classes) == list(range(10))
+            assert sum(p for _, _, p in classes) == pytest.approx(1.0, abs=1e-5)
+            assert all(name == str(index) for name, index, _ in classes)
+
+
+def test_predict_refuses_a_file_that_is_not_an_image(trained, tmp_path, capsys):
+    paths, _ = write_digit_images(tmp_path, count=1)
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a picture")
+    assert predict.main([str(paths[0]), str(fake), f"--workdir={trained}"]) == 1
+    assert f"{fake} is not a JPEG or PNG image" in capsys.readouterr().err
+    assert predict.main([str(tmp_path / "missing.png"), f"--workdir={trained}"]) == 1
+    assert "No image file at" in capsys.readouterr().err
+
+
+def test_warm_start_copies_the_papers_layers_and_leaves_the_rest_fresh(trained, tmp_path):
+    """VGG-D started from the trained VGG-A: with a zero learning rate, the saved parameters
+    are exactly the ones the warm start made."""
+    source, _, _ = read_trained_variables(trained)
+    config = digits_config(
+        str(inference.from_checkpoint(trained).data_dir), model="vgg16", learning_rate=0.0,
+        max_steps=1, init_from=str(trained), init_layers="warm_start",
+    )  # fmt: skip
+    train_and_evaluate(config, tmp_path)
+    result, _, step = read_trained_variables(tmp_path)
+    assert step == 1
+    model = model_for_training(build_model(config, 10))
+    tx, plateau = optim.make_optimizer(config, 44), optim.init_plateau(config)
+    fresh = create_train_state(model, tx, plateau, (32, 32, 3), config.seed).params
+    copied = warm_start.warm_start_layers("A")
+    assert copied == ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
+    assert jax.tree.structure(result["params"]) == jax.tree.structure(fresh)
+    theirs, new = flat_arrays(source["params"]), flat_arrays(fresh)
+    for name, array in flat_arrays(result["params"]).items():
+        layer = name.split("/")[0].removesuffix("_bn")  # a conv's BatchNorm goes with it
+        expected = theirs[name] if layer in copied else new[name]
+        np.testing.assert_array_equal(array, expected, err_msg=name)
+    assert "Initialised from" in (tmp_path / "train.log").read_text()
+
+
+def test_warm_start_from_a_missing_run_is_a_clear_error(digits_dir, tmp_path):
+    config = digits_config(digits_dir, model="vgg13", init_from=str(tmp_path / "no_run"),
+                           init_layers="warm_start")  # fmt: skip
+    with pytest.raises(TrainingError, match="init_from=.*No checkpoints in"):
+        train_and_evaluate(config, tmp_path / "work")
+
+
+def _variables(name, fc_features=16):
+    model = create_model(name, num_classes=10, width=1 / 16, fc_features=fc_features)
+    return jax.device_get(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3))))
+
+
+def test_starting_points_must_fit_the_network():
+    vgg11, vgg16 = _variables("vgg11"), _variables("vgg16")
+    with pytest.raises(ValueError, match=r"only here \['conv1_2', 'conv2_2'"):
+        warm_start.initial_variables(vgg16, vgg11, "vgg11", "all")
+    wider_head = _variables("vgg11", fc_features=32)
+    with pytest.raises(ValueError, match=r"fc6/bias has shape \(16,\) here but \(32,\)"):
+        warm_start.initial_variables(vgg16, wider_head, "vgg11", "warm_start")
+    same, layers = warm_start.initial_variables(vgg11, _variables("vgg11"), "vgg11", "all")
+    assert set(layers) == set(vgg11["params"])
