@@ -7,6 +7,10 @@ logits = model.apply(variables, images)                     # classic head
 logits = model.apply(variables, bigger_images, dense=True)  # dense-evaluation head
 feats = model.apply(variables, images, layers=["conv3_3", "pool5"], method="extract_features")
 model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")   # ImageNet weights
+posteriors = vgg_jax.dense_posteriors(model, variables, preprocess(uint8_images))  # Section 3.2
+
+Commands: `python train.py`, `python -m vgg_jax.evaluate` (the paper's test protocols),
+`python -m vgg_jax.predict` (classify image files), `python -m vgg_jax` (a layer table).
 """
 
 from vgg_jax.architectures import (
@@ -36,6 +40,13 @@ from vgg_jax.models import (
 from vgg_jax.pretrained import (
     WEIGHTS as PRETRAINED_WEIGHTS,
 )
+from vgg_jax.protocols import (
+    PROTOCOLS,
+    center_posteriors,
+    dense_posteriors,
+    multi_crop_posteriors,
+    protocol_posteriors,
+)
 from vgg_jax.pretrained import (
     export_torch_state_dict,
     imagenet_class_names,
@@ -49,10 +60,13 @@ __all__ = [
     "INIT_SCHEMES",
     "MODEL_NAMES",
     "PRETRAINED_WEIGHTS",
+    "PROTOCOLS",
     "LayerSpec",
     "VGG",
+    "center_posteriors",
     "count_params",
     "create_model",
+    "dense_posteriors",
     "downsampling_factor",
     "export_torch_state_dict",
     "feature_names",
@@ -61,6 +75,8 @@ __all__ = [
     "layer_table",
     "load_pretrained",
     "local_response_norm",
+    "multi_crop_posteriors",
+    "protocol_posteriors",
     "save_safetensors",
     "vgg11",
     "vgg11_bn",
