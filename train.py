@@ -26,6 +26,10 @@ flags.DEFINE_bool("distributed", False, "Join a multi-host run with jax.distribu
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100,
+    "With --distributed: a process silent this long is taken as dead, and the others stop.",
+)  # fmt: skip
 FLAGS = flags.FLAGS
 
 
@@ -40,6 +44,7 @@ def main(argv: list[str]) -> None:
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)

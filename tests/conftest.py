@@ -37,6 +37,19 @@ def digits_dir(tmp_path_factory):
     return str(data_dir)
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_run(digits_dir, tmp_path_factory):
+    """(workdir, summary) of 30 steps of training_setup.tiny_config, in this process: the
+    reference for the resume and fault tests."""
+    from training_setup import tiny_config
+
+    from vgg_jax.trainer import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    summary = train_and_evaluate(tiny_config(digits_dir, max_steps=30), workdir)
+    return workdir, summary
+
+
 def pytest_terminal_summary(terminalreporter):
     """CI's log says how many weight conversions were checked against the reference libraries'
     own models (they skip where torchvision or keras is not installed)."""

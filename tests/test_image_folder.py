@@ -1,7 +1,6 @@
 """Folder data sets (root/split/class/*.jpg|png through tfds.ImageFolder) and bad data."""
 
 import collections
-import json
 
 import jax
 import numpy as np
@@ -165,20 +164,6 @@ def test_a_relative_folder_path_is_read_as_a_folder(folder, monkeypatch):
     with pytest.raises(DatasetUnavailable, match=r"'pets' is a folder here: write ./pets"):
         input_pipeline.get_builder("pets")
     assert input_pipeline.get_builder("./pets").info.features["label"].num_classes == 3
-
-
-def test_training_on_a_folder_counts_and_names_skipped_files(folder, tmp_path):
-    config = small_config(
-        dataset=str(folder), eval_split="val", crop_size=32, train_scale=(32, 40),
-        batch_size=4, num_epochs=2, log_every_steps=2, checkpoint_every_steps=100,
-    )  # fmt: skip
-    summary = train_and_evaluate(config, tmp_path / "run")
-    assert summary["finished"] and summary["step"] == 2 * ((readable("train") + 2) // 4)
-    # Two bad files skipped in each of two epochs, none in evaluation.
-    assert summary["skipped_images"] == 4
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert "Skipped 2 images in epoch 1 (training)" in log and "junk.jpg" in log
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"] == 4
 
 
 def test_a_folder_without_crop_size_is_refused(folder, tmp_path):

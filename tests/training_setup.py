@@ -1,11 +1,14 @@
 """A small model, optimiser, state and batches shared by the training tests and their workers."""
 
+import pathlib
+
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
 import vgg_jax
 from vgg_jax import optim, training
+from vgg_jax.checkpoints import Checkpoints
 from vgg_jax.configs import get_config
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -46,3 +49,25 @@ def flat_arrays(tree) -> dict:
         "/".join(key.key for key in path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
     }
+
+
+def tiny_config(digits_dir, **overrides) -> ConfigDict:
+    """The default config, shrunk: 22 steps per epoch of a 1/16-width VGG-A, with the paper's
+    augmentation (scale jitter, random crop, flip, PCA lighting) so resuming must replay it."""
+    config = get_config()
+    config.update(
+        data_dir=digits_dir, width=1 / 16, fc_features=32, num_epochs=2, lr_schedule="paper",
+        learning_rate=0.4, log_every_steps=5, checkpoint_every_steps=10, keep_checkpoints=1,
+        train_scale=(32, 40), crop_size=32, random_flip=True, pca_lighting=0.1,
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+def saved_state(workdir, step=None):
+    """The train state saved in a work directory (the latest checkpoint by default), as
+    nested dicts of NumPy arrays."""
+    store = Checkpoints(pathlib.Path(workdir) / "checkpoints", read_only=True)
+    state = store.restore_arrays(step if step is not None else store.steps()[-1])
+    store.close()
+    return state

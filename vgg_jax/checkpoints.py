@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
+import time
 from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 BEST_METRIC = "top1_accuracy"
+UNREADABLE_FOLDER = "unreadable_checkpoints"  # beside checkpoints/: what could not be restored
+_logger = logging.getLogger("vgg_jax")
 
 
 def _best_metric(metrics: dict) -> float:
@@ -86,24 +91,40 @@ class Checkpoints:
     ) -> tuple[Any, dict] | None:
         """The newest readable checkpoint, falling back past unreadable ones; None if none.
 
-        `check_record` sees each checkpoint's record before its arrays are read, and may raise
-        to refuse it (a checkpoint of another configuration is refused, not skipped).
+        An unreadable checkpoint is moved to ../unreadable_checkpoints/ (kept for a post-mortem,
+        and out of the way of the run that saves that step again). `check_record` sees each
+        checkpoint's record before its arrays are read, and may raise to refuse it (a
+        checkpoint of another configuration is refused, not skipped).
         """
         for step in reversed(self.steps()):
             try:
                 record = self.record(step)
             except Exception as error:  # orbax raises many types for a damaged checkpoint
-                self._warn_unreadable(step, error)
+                self._set_aside(step, error)
                 continue
             check_record(record)
             try:
                 return self.restore(step, target)
             except Exception as error:
-                self._warn_unreadable(step, error)
+                self._set_aside(step, error)
         return None
 
+    def _set_aside(self, step: int, error: Exception) -> None:
+        aside = (
+            self.directory.parent / UNREADABLE_FOLDER / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        _logger.warning(
+            "Checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s and falling "
+            "back to the one before.",
+            step, self.directory, type(error).__name__, str(error).splitlines()[0][:300], aside,
+        )  # fmt: skip
+        if jax.process_index() == 0:
+            aside.parent.mkdir(exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(aside))
+        self.manager.reload()
+
     def _warn_unreadable(self, step: int, error: Exception) -> None:
-        logging.getLogger("vgg_jax").warning(
+        _logger.warning(
             "Checkpoint at step %d in %s is unreadable (%s: %s); trying the one before.",
             step,
             self.directory,

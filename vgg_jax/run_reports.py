@@ -4,6 +4,7 @@ TensorBoard, skipped files, and the closing summary.json."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import pathlib
@@ -119,6 +120,38 @@ def nan_message(step: int, checkpoints: Checkpoints) -> str:
     return (
         f"The loss became NaN or infinite at step {step}: training stopped, and {kept}. "
         f"Lower config.learning_rate or set config.grad_clip_norm, then rerun."
+    )
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """True when `error`, or one it came from, is a write that found the disk full (orbax,
+    TensorBoard and TensorFlow each wrap the OSError their own way)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_message(workdir: pathlib.Path, checkpoints: Checkpoints | None, error) -> str:
+    steps = []
+    if checkpoints is not None:
+        checkpoints.manager.reload()  # what is committed on disk now, not what was started
+        steps = checkpoints.steps()
+    kept = (
+        f"the last complete checkpoint, at step {steps[-1]}, is intact"
+        if steps
+        else "no checkpoint was complete yet"
+    )
+    detail = " ".join(str(error).split())[:300]
+    return (
+        f"No space left on device while writing to {workdir} ({type(error).__name__}: "
+        f"{detail}). Training stopped; {kept}: free some space and rerun the same command to "
+        f"resume."
     )
 
 

@@ -29,6 +29,8 @@ from vgg_jax.models import VGG
 from vgg_jax.run_reports import (
     TrainingError,
     TrainLog,
+    disk_full_message,
+    is_disk_full,
     logger,
     nan_message,
     report_evaluation,
@@ -175,6 +177,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     log_handlers = setup_logging(workdir, is_main)
     writer = None
     checkpoints = None
+    failed = False
     try:
         try:
             builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
@@ -303,11 +306,20 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         return write_summary(
             record, step, total_steps, stop["signal"], started, workdir, skipped_total
         )
+    except Exception as error:
+        failed = True
+        if is_disk_full(error):
+            raise TrainingError(disk_full_message(workdir, checkpoints, error)) from None
+        raise
     finally:
-        if checkpoints is not None:
-            checkpoints.close()
-        if writer is not None:
-            writer.close()
+        for closable in (checkpoints, writer):
+            try:
+                if closable is not None:
+                    closable.close()
+            except Exception as error:  # a full disk fails these too: report the first error
+                if not failed:
+                    raise
+                logger.warning("While stopping: %s: %s", type(error).__name__, error)
         for handler in log_handlers:
             logger.removeHandler(handler)
             handler.close()

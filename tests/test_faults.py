@@ -1,0 +1,299 @@
+"""Reliability: the real train.py, as a subprocess on the embedded digits, survives kill -9,
+a kill in the middle of a save, preemption by SIGTERM, a corrupted checkpoint, a full disk, a
+NaN loss, bad data, a dead peer process, and does not leak memory.
+
+The runs use the test session's 4 fake CPU devices and compilation cache (conftest.py), so a
+subprocess computes bit for bit what the in-process `uninterrupted_run` fixture computes. Where
+a scenario's point is the crash, not the rerun, the rerun is `train_and_evaluate` in this
+process (what train.py runs, without paying for a new Python and TensorFlow).
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from training_setup import flat_arrays, saved_state, tiny_config
+
+from vgg_jax.checkpoints import UNREADABLE_FOLDER
+from vgg_jax.configs import get_config
+from vgg_jax.trainer import train_and_evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def tiny_flags(workdir, digits_dir, **overrides) -> list[str]:
+    """train.py flags giving training_setup.tiny_config (the in-process `uninterrupted_run`'s:
+    30 steps), logging every step, with `overrides`."""
+    config = tiny_config(digits_dir, **{"max_steps": 30, "log_every_steps": 1, **overrides})
+    default = get_config()
+    changed = {key: value for key, value in config.items() if value != default[key]}
+    return [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in changed.items()]
+
+
+def start(flags, fault=None, marker=None, env=None) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "train.py")]
+    if fault:
+        command = [sys.executable, str(TESTS / "fault_injection.py"), fault, str(marker)]
+    return subprocess.Popen(
+        [*command, *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=env or dict(os.environ),
+    )  # fmt: skip
+
+
+def run(flags, timeout=240, **kwargs) -> subprocess.CompletedProcess:
+    process = start(flags, **kwargs)
+    out, err = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def wait_until(condition, process, timeout=180, what="the condition"):
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"train.py exited early waiting for {what}: "
+                                 f"{process.stderr.read()[-3000:]}")  # fmt: skip
+        if time.time() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def logged_steps(workdir) -> list[int]:
+    log = pathlib.Path(workdir) / "train.log"
+    text = log.read_text() if log.exists() else ""
+    return [int(step) for step in re.findall(r"^.*step (\d+): loss", text, re.MULTILINE)]
+
+
+def committed_steps(workdir) -> list[int]:
+    folder = pathlib.Path(workdir) / "checkpoints"
+    if not folder.exists():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def assert_same_params(workdir, reference_workdir):
+    ours, expected = saved_state(workdir), saved_state(reference_workdir)
+    assert int(ours["step"]) == int(expected["step"])
+    ours, expected = flat_arrays(ours["params"]), flat_arrays(expected["params"])
+    assert ours.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(ours[name], expected[name], err_msg=name)
+
+
+def test_kill_9_mid_training_resumes_losing_at_most_one_checkpoint_interval(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    flags = tiny_flags(tmp_path, digits_dir)
+    process = start(flags)
+    wait_until(lambda: 10 in committed_steps(tmp_path) and max(logged_steps(tmp_path) or [0]) >= 13,
+               process, what="step 13 after the step-10 checkpoint")  # fmt: skip
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    reached, resumable = max(logged_steps(tmp_path)), committed_steps(tmp_path)[-1]
+    rerun = run(flags)  # the same command again
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Resumed from step {resumable}" in (tmp_path / "train.log").read_text()
+    assert reached - resumable <= 10  # at most one checkpoint interval of steps lost
+    assert_same_params(tmp_path, uninterrupted_run[0])  # as if nothing had happened
+
+
+def test_kill_9_during_a_save_keeps_the_previous_checkpoint(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    marker = tmp_path / "saving"
+    process = start(tiny_flags(tmp_path, digits_dir), fault="slow_save:1", marker=marker)
+    wait_until(marker.exists, process, what="the second save")  # the one at step 20
+    process.kill()
+    process.communicate()
+    half_written = pathlib.Path(marker.read_text())
+    assert half_written.is_dir() and half_written.parent == tmp_path / "checkpoints"
+    assert half_written.name.startswith("20.") and committed_steps(tmp_path) == [10]
+    summary = train_and_evaluate(tiny_config(digits_dir, max_steps=30), tmp_path)
+    assert summary["finished"]
+    assert "Resumed from step 10" in (tmp_path / "train.log").read_text()
+    assert not half_written.exists()  # cleaned up
+    assert_same_params(tmp_path, uninterrupted_run[0])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(digits_dir, tmp_path):
+    long_run = {"max_steps": 10_000, "num_epochs": 1000, "checkpoint_every_steps": 1000}
+    process = start(tiny_flags(tmp_path, digits_dir, **long_run))
+    wait_until(lambda: max(logged_steps(tmp_path) or [0]) >= 25, process, what="step 25")
+    process.send_signal(signal.SIGTERM)  # how clusters preempt
+    out, err = process.communicate(timeout=120)
+    # 143 (128 + SIGTERM): schedulers read a signal's exit code as "preempted, retry".
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err
+    stopped_at = int(re.search(r"Stopped by SIGTERM at step (\d+); a checkpoint is saved", out)[1])
+    assert stopped_at >= 25 and committed_steps(tmp_path)[-1] == stopped_at
+    config = tiny_config(digits_dir, **{**long_run, "max_steps": stopped_at + 3})
+    assert train_and_evaluate(config, tmp_path)["step"] == stopped_at + 3
+    assert f"Resumed from step {stopped_at}" in (tmp_path / "train.log").read_text()
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    reference = uninterrupted_run[0]
+    shutil.copytree(reference / "checkpoints", tmp_path / "checkpoints")
+    assert committed_steps(tmp_path) == [22, 30]
+    for file in (tmp_path / "checkpoints" / "30" / "state").rglob("*"):
+        if file.is_file() and file.stat().st_size > 0:
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # truncated
+    summary = train_and_evaluate(tiny_config(digits_dir, max_steps=30), tmp_path)
+    assert summary["finished"]
+    log = (tmp_path / "train.log").read_text()
+    assert "Checkpoint at step 30" in log and "is unreadable" in log
+    assert "Resumed from step 22" in log
+    assert [p.name.split("-")[0] for p in (tmp_path / UNREADABLE_FOLDER).iterdir()] == ["30"]
+    assert_same_params(tmp_path, reference)  # steps 23-30 replayed exactly
+
+
+def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_previous_checkpoint(
+    digits_dir, tmp_path
+):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        workdir = disk / "run"
+        process = start(tiny_flags(workdir, digits_dir))
+        wait_until(lambda: 10 in committed_steps(workdir), process, what="the first checkpoint")
+        process.send_signal(signal.SIGSTOP)  # fill the disk between two saves
+        filler = disk / "filler"
+        with open(filler, "wb") as file:
+            try:
+                while True:
+                    file.write(b"\0" * (1 << 16))
+                    file.flush()
+            except OSError:
+                pass
+        # Room for the log and TensorBoard's lines, not for a checkpoint (~380 KB).
+        os.truncate(filler, filler.stat().st_size - (128 << 10))
+        process.send_signal(signal.SIGCONT)
+        out, err = process.communicate(timeout=180)
+        assert process.returncode == 1, err[-3000:]
+        assert "error: No space left on device while writing to" in err, err[-3000:]
+        assert "the last complete checkpoint, at step 10, is intact" in err
+        # (orbax's writer threads print their own tracebacks first; ours is the message above)
+        assert committed_steps(workdir) == [10]
+        state = saved_state(workdir)  # restorable
+        assert int(state["step"]) == 10
+        assert all(np.all(np.isfinite(a)) for a in flat_arrays(state["params"]).values())
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_a_good_checkpoint(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    shutil.copytree(uninterrupted_run[0] / "checkpoints", tmp_path / "checkpoints")
+    exploding = run(tiny_flags(tmp_path, digits_dir, learning_rate=1e5, lr_schedule="step",
+                               checkpoint_every_steps=1, max_steps=60))  # fmt: skip
+    assert exploding.returncode == 1
+    message = re.search(r"error: The loss became NaN or infinite at step (\d+).*", exploding.stderr)
+    assert message, exploding.stderr[-3000:]
+    assert "the last good checkpoint (step" in message[0]
+    state = saved_state(tmp_path)
+    assert 30 <= int(state["step"]) < int(message[1])
+    assert all(np.all(np.isfinite(a)) for a in flat_arrays(state["params"]).values())
+
+
+def test_bad_images_mid_epoch_are_skipped_counted_and_training_goes_on(tmp_path):
+    from test_image_folder import make_folder
+
+    folder = make_folder(tmp_path / "pets")  # a junk file and a truncated JPEG among 22 images
+    config = tiny_config(
+        "", dataset=str(folder), eval_split="val", train_scale=(), batch_size=4,
+        log_every_steps=2, pca_lighting=0.0,
+    )  # fmt: skip
+    summary = train_and_evaluate(config, tmp_path / "run")
+    assert summary["finished"] and summary["step"] == 2 * (22 // 4)
+    assert summary["skipped_images"] == 4  # two bad files in each of two epochs
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Skipped 2 images in epoch 1 (training)" in log and "cut.jpg" in log
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"] == 4
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of a running process; None once it has exited."""
+    try:
+        found = re.search(r"VmRSS:\s+(\d+) kB", pathlib.Path(f"/proc/{pid}/status").read_text())
+    except FileNotFoundError:
+        return None
+    return int(found[1]) * 1024 if found else None
+
+
+def test_host_memory_stays_flat_over_500_steps(digits_dir, tmp_path):
+    flags = tiny_flags(tmp_path, digits_dir, max_steps=520, num_epochs=100, batch_size=8,
+                       checkpoint_every_steps=100, log_every_steps=10)  # fmt: skip
+    one_device = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    process = start(flags, env=one_device)
+    samples = {}
+    while process.poll() is None:
+        steps, rss = logged_steps(tmp_path), rss_bytes(process.pid)
+        if steps and rss:
+            samples.setdefault(steps[-1], rss)
+        time.sleep(0.05)
+    assert process.returncode == 0, process.stderr.read()[-3000:]
+    after_warm_up = np.median([rss for step, rss in samples.items() if 100 <= step <= 150])
+    at_end = np.median([rss for step, rss in samples.items() if step >= 470])
+    growth = at_end / after_warm_up - 1
+    assert growth < 0.05, f"RSS grew {100 * growth:.1f}% from step ~100 to ~500: {samples}"
+
+
+def test_two_processes_train_together_and_a_killed_one_stops_the_other(digits_dir, tmp_path):
+    """Two processes x 2 CPU devices share the data and write one log and joint checkpoints;
+    when one is killed, the other stops with JAX's message instead of hanging."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+           "--xla_backend_optimization_level=0"}  # fmt: skip
+    flags = tiny_flags(tmp_path, digits_dir, max_steps=100_000, num_epochs=1000,
+                       checkpoint_every_steps=1000, log_every_steps=5)  # fmt: skip
+    processes = [
+        start(
+            [
+                *flags,
+                "--distributed",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                "--heartbeat_timeout_seconds=10",
+            ],
+            env=env,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    wait_until(lambda: 22 in committed_steps(tmp_path) and max(logged_steps(tmp_path)) >= 25,
+               processes[0], what="the epoch-end checkpoint")  # fmt: skip
+    log = (tmp_path / "train.log").read_text()
+    # 1,438 examples: 719 per process, 22 batches of 32 each per epoch, on 4 devices in all.
+    assert "22 steps per epoch, 4 devices" in log and "epoch 1, step 22: eval" in log
+    processes[1].kill()
+    killed_at = time.time()
+    try:
+        _, err = processes[0].communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        processes[0].kill()
+        pytest.fail("the surviving process still hangs 90 s after its peer was killed")
+    # Within the heartbeat timeout (10 s) and the time to notice; the default timeout is 100 s.
+    assert time.time() - killed_at < 60
+    assert processes[0].returncode != 0
+    assert "This most likely indicates that another task died" in err, err[-3000:]
+    assert int(saved_state(tmp_path)["step"]) == 22  # the joint checkpoint is whole
