@@ -42,6 +42,8 @@ class Checkpoints:
         self.directory = pathlib.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             read_only=read_only,
+            create=not read_only,
+            save_interval_steps=0 if read_only else 1,
             preservation_policy=AnyPreservationPolicy(
                 [
                     LatestN(n=keep),
