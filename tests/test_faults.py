@@ -253,6 +253,7 @@ def test_host_memory_stays_flat_over_500_steps(digits_dir, tmp_path):
     after_warm_up = np.median([rss for step, rss in samples.items() if 100 <= step <= 150])
     at_end = np.median([rss for step, rss in samples.items() if step >= 470])
     growth = at_end / after_warm_up - 1
+    print(f"RSS {after_warm_up / 2**20:.0f} MiB at steps 100-150, {at_end / 2**20:.0f} MiB at 470+")
     assert growth < 0.05, f"RSS grew {100 * growth:.1f}% from step ~100 to ~500: {samples}"
 
 

@@ -197,7 +197,7 @@ def read_trained_variables(workdir: str | pathlib.Path, which: str | int = "late
                 record = store.record(step)
                 state = store.restore_arrays(step)
             except Exception as error:  # orbax raises many types for a damaged checkpoint
-                if len(candidates) == 1 or step == candidates[-1]:
+                if step == candidates[-1]:  # nothing older to fall back to
                     raise CheckpointNotFound(
                         f"The checkpoint at step {step} in {directory} is unreadable "
                         f"({type(error).__name__}: {error})."
