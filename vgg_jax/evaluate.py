@@ -38,8 +38,6 @@ from vgg_jax.protocols import (
     top_k_errors,
 )
 
-logger = logging.getLogger("vgg_jax")
-
 
 def posterior_function(classifier: Classifier, protocols: tuple[str, ...], crop: int):
     """Jitted (variables, uint8 images) -> {protocol: posteriors}; one compilation per image

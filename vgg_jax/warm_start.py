@@ -21,17 +21,13 @@ fine-tuned from S=256 ones and the scale-jittered nets from S=384 ones.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
-from vgg_jax.architectures import layer_specs, resolve_model_name
+from vgg_jax.architectures import HEAD_FEATURE_NAMES, layer_specs, resolve_model_name
 
 INIT_LAYERS = ("all", "warm_start")
 WARM_START_CONVS = 4  # "the first four convolutional layers" of the source net
-HEAD_LAYERS = ("fc6", "fc7", "fc8")
-
-logger = logging.getLogger("vgg_jax")
+HEAD_LAYERS = tuple(name for name in HEAD_FEATURE_NAMES if name != "flatten")  # fc6-fc8
 
 
 def warm_start_layers(source_config: str = "A") -> tuple[str, ...]:
