@@ -15,6 +15,7 @@ from flax import linen as nn
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import jax_speed  # noqa: E402
 import throughput  # noqa: E402
 import variants  # noqa: E402
 
@@ -47,12 +48,12 @@ def test_relu_output_mask_equals_relu_values_and_gradients():
 
 def test_max_batch_is_extrapolated_from_the_peaks_at_two_batch_sizes():
     rows = [{"batch": 128, "peak_bytes": 10 * 2**30}, {"batch": 256, "peak_bytes": 18 * 2**30}]
-    estimate = throughput.estimate_max_batch(rows, limit=100 * 2**30)
+    estimate = jax_speed.estimate_max_batch(rows, limit=100 * 2**30)
     # 8 GiB per 128 images over 2 GiB fixed: (100 - 2) / (8 / 128) = 1568 images.
     assert estimate["estimated"] == 1568
     assert estimate["fixed_bytes"] == 2 * 2**30
-    assert throughput.estimate_max_batch(rows[:1], limit=100 * 2**30) is None
-    assert throughput.estimate_max_batch(rows, limit=None) is None
+    assert jax_speed.estimate_max_batch(rows[:1], limit=100 * 2**30) is None
+    assert jax_speed.estimate_max_batch(rows, limit=None) is None
 
 
 def test_training_flops_and_device_peaks():
@@ -78,7 +79,8 @@ def test_bad_arguments_are_refused_with_the_choices():
 def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
     out = tmp_path / "results"
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--small", "--width", "0.0625",
+        sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--small", "--model", "vgg11",
+        "--width", "0.0625",
         "--train-batch-sizes", "2", "--inference-batch-sizes", "2", "--steps", "1",
         "--repeats", "2", "--variants", "reshape_pool", "--torch", "none", "--out", str(out),
     ]  # fmt: skip

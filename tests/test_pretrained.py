@@ -23,6 +23,9 @@ HAVE_KERAS = importlib.util.find_spec("keras") is not None
 TORCHVISION_MODELS = [
     "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
 ]  # fmt: skip
+# Every configuration torchvision builds (A, B, D, E), with and without batch norm; each is a
+# 500 MB model, so the other four combinations are left to the shared code they run through.
+TORCHVISION_MODELS_COMPARED = ["vgg11_bn", "vgg13", "vgg16", "vgg19_bn"]
 SMALL = dict(width=1 / 16, fc_features=16, num_classes=5)
 
 
@@ -50,15 +53,15 @@ def torchvision_references(tmp_path_factory):
     out = tmp_path_factory.mktemp("torchvision")
     script = pathlib.Path(__file__).with_name("torchvision_reference.py")
     completed = subprocess.run(
-        [sys.executable, str(script), str(out), *TORCHVISION_MODELS],
+        [sys.executable, str(script), str(out), *TORCHVISION_MODELS_COMPARED],
         capture_output=True, text=True,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return {name: out / f"{name}.npz" for name in TORCHVISION_MODELS}
+    return {name: out / f"{name}.npz" for name in TORCHVISION_MODELS_COMPARED}
 
 
 @pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed")
-@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+@pytest.mark.parametrize("name", TORCHVISION_MODELS_COMPARED)
 def test_torchvision_models_give_the_same_logits(name, torchvision_references):
     reference = np.load(torchvision_references[name])
     arrays = {k.removeprefix("state/"): reference[k] for k in reference if k.startswith("state/")}
