@@ -12,15 +12,35 @@ import pathlib
 import signal
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vgg_jax.trainer import TrainingError, train_and_evaluate
-
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "vgg_jax" / "configs" / "default.py"
 
-config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Training configuration file.")
+
+def exit_on_unknown_config_field(parse, *args):
+    """Runs parse(*args), turning ml_collections' chained traceback for an override of a
+    field the configuration lacks (--config.KEY=VALUE) into one line naming the overrides."""
+    overrides = [arg.split("=")[0] for arg in sys.argv[1:] if arg.startswith("--config.")]
+    try:
+        return parse(*args)
+    except (AttributeError, KeyError, TypeError) as error:
+        if not overrides:
+            raise
+        while error.args and isinstance(error.args[0], Exception):
+            error = error.args[0]  # the KeyError inside, with ml_collections' suggestion
+        detail = str(error.args[0] if error.args else error).replace("\n", ". ")
+        sys.exit(
+            f"error: unknown configuration field in {', '.join(overrides)}: {detail} (the fields "
+            f"and their meaning: vgg_jax/configs/default.py)"
+        )
+
+
+# ml_collections applies the overrides to the default configuration here, and to a --config
+# file's when the flags are parsed (app.run below).
+exit_on_unknown_config_field(
+    config_flags.DEFINE_config_file, "config", str(DEFAULT_CONFIG), "Training configuration."
+)
 flags.DEFINE_string("workdir", "runs/default", "Folder for checkpoints, logs and TensorBoard.")
 flags.DEFINE_bool("distributed", False, "Join a multi-host run with jax.distributed.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
@@ -36,6 +56,12 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # Imported once the flags are read: TensorFlow (under the input pipeline) takes ~10 s to
+    # import, and a mistyped flag or config key should not wait for it.
+    import jax
+
+    from vgg_jax.trainer import TrainingError, train_and_evaluate
+
     logging.set_verbosity(logging.WARNING)  # orbax and tfds report every file at INFO
     if FLAGS.distributed:
         # CPU-only runs (tests, laptops) need a collectives backend across processes.
@@ -82,4 +108,7 @@ def format_summary(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(
+        main,
+        flags_parser=lambda argv: exit_on_unknown_config_field(app.parse_flags_with_usage, argv),
+    )

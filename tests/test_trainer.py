@@ -79,10 +79,14 @@ def test_train_py_learns_the_digits(digits_dir, tmp_path):
     )
 
 
-def test_train_py_rejects_an_unknown_config_key(tmp_path):
+@pytest.mark.parametrize("config", [[], ["--config=vgg_jax/configs/cifar10.py"]])
+def test_train_py_rejects_an_unknown_config_key_in_one_line(config, tmp_path):
     result = run_train_py(
-        f"--workdir={tmp_path}", "--config.no_such_key=3", timeout=120, env=TINY_TRAIN_PY_ENV
-    )
-    assert result.returncode != 0
-    assert "no_such_key" in result.stderr
-    assert not (tmp_path / "checkpoints").exists()
+        f"--workdir={tmp_path}", *config, "--config.batch_size=8", "--config.lernin_rate=0.1",
+        timeout=120, env=TINY_TRAIN_PY_ENV,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: unknown configuration field in --config.batch_size")
+    assert 'Did you mean "learning_rate"' in result.stderr  # ml_collections' suggestion
+    assert "Traceback" not in result.stderr
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
