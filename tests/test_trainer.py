@@ -8,9 +8,13 @@ import re
 import subprocess
 import sys
 
+import types
+
 import jax
+import numpy as np
 import pytest
 
+from vgg_jax import run_reports
 from vgg_jax.checkpoints import Checkpoints
 from vgg_jax.trainer import TrainingError, train_and_evaluate
 from training_setup import tiny_config
@@ -63,17 +67,24 @@ def run_train_py(*args, timeout=300, env=TRAIN_PY_ENV):
 
 
 def test_train_py_learns_the_digits(digits_dir, tmp_path):
+    env = {k: v for k, v in TRAIN_PY_ENV.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     result = run_train_py(
-        f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.num_epochs=3"
-    )
+        f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.num_epochs=3",
+        env=env,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["finished"] and summary["best_top1_accuracy"] > 0.5  # chance is 0.1
     assert "Best evaluation" in result.stdout and "wall time" in result.stdout
+    assert 0 < summary["seconds_to_first_step"] < summary["wall_time_seconds"]
+    assert "(first step after" in result.stdout
+    # The compiled steps are kept in the work directory for a rerun.
+    assert any((tmp_path / "compilation_cache").iterdir())
     assert "epoch 3/3" in result.stderr  # the progress bar
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     log = (tmp_path / "train.log").read_text()
     assert "epoch 3, step 66: eval loss" in log
+    assert re.search(r"first training step done [\d.]+ s after the start", log)
     assert re.search(
         r"step 60: loss [\d.]+, top-1 [\d.]+%, lr [\d.e-]+, \d+ images/s, [\d.e-]+ TFLOP/s", log
     )
@@ -90,3 +101,28 @@ def test_train_py_rejects_an_unknown_config_key_in_one_line(config, tmp_path):
     assert 'Did you mean "learning_rate"' in result.stderr  # ml_collections' suggestion
     assert "Traceback" not in result.stderr
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_the_first_step_is_reported_alone_and_left_out_of_images_per_second(monkeypatch):
+    clock = {"now": 100.0}
+    now = lambda: clock["now"]  # noqa: E731
+    monkeypatch.setattr(run_reports, "time", types.SimpleNamespace(perf_counter=now, time=now))
+    log = run_reports.TrainLog(None, batch_size=8, checkpoints=None, started=90.0)
+    metrics = {"loss": np.ones(1), "top1_accuracy": np.ones(1)}  # one device's
+    clock["now"] = 130.0  # the first step compiles for 30 s
+    log.add(metrics)
+    assert log.first_step_seconds == 40.0  # from the start of the run
+    for _ in range(4):
+        clock["now"] += 0.5
+        log.add(metrics)
+    assert log.flush(step=5, learning_rate=0.1)["images_per_second"] == 4 * 8 / 2.0
+    for _ in range(2):
+        clock["now"] += 1.0
+        log.add(metrics)
+    assert log.flush(step=7, learning_rate=0.1)["images_per_second"] == 2 * 8 / 2.0
+    assert log.first_step_seconds == 40.0
+
+    alone = run_reports.TrainLog(None, batch_size=8, checkpoints=None, started=100.0)
+    clock["now"] += 30.0
+    alone.add(metrics)  # a flush after the first step only: it is all there is to time
+    assert alone.flush(step=1, learning_rate=0.1)["images_per_second"] == 8 / 30.0

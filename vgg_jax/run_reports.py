@@ -42,7 +42,9 @@ def setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler]
 class TrainLog:
     """Train metrics between log points: NaN check, averages, images/s, TensorBoard.
 
-    Metrics stay on the devices until flushed, so logging does not stall every step.
+    Metrics stay on the devices until flushed, so logging does not stall every step, except
+    the first step's: it includes compilation, so it is reported on its own ("first training
+    step ... s after the start") and left out of images/s.
     """
 
     def __init__(
@@ -52,18 +54,32 @@ class TrainLog:
         checkpoints: Checkpoints,
         flops_per_image: int = 0,
         peak_flops: float | None = None,
+        started: float | None = None,
     ):
+        """started: time.time() at the start of the run, for the first step's report."""
         self.writer, self.batch_size, self.checkpoints = writer, batch_size, checkpoints
         self.flops_per_image, self.peak_flops = flops_per_image, peak_flops
+        self.started = time.time() if started is None else started
+        self.first_step_seconds: float | None = None
         self.pending: list[dict] = []
         self.restart_clock()
 
     def restart_clock(self) -> None:
         """Images/s counts training steps only: restarted after evaluating or saving."""
         self.clock_started = time.perf_counter()
+        self.untimed_steps, self.untimed_seconds = 0, 0.0
 
     def add(self, metrics: dict) -> None:
         self.pending.append(metrics)
+        if self.first_step_seconds is None:
+            jax.block_until_ready(metrics)
+            self.first_step_seconds = time.time() - self.started
+            self.untimed_steps = len(self.pending)
+            self.untimed_seconds = time.perf_counter() - self.clock_started
+            logger.info(
+                "first training step done %.1f s after the start (compilation included)",
+                self.first_step_seconds,
+            )
 
     def flush(self, step: int, learning_rate: float) -> dict | None:
         """Averages of the steps since the last flush, ending at `step`; None if none."""
@@ -74,10 +90,13 @@ class TrainLog:
         for offset, metrics in enumerate(fetched):
             if not np.isfinite(metrics["loss"]):
                 raise TrainingError(nan_message(first_step + offset, self.checkpoints))
-        elapsed = time.perf_counter() - self.clock_started
+        timed_steps = len(fetched) - self.untimed_steps
+        elapsed = time.perf_counter() - self.clock_started - self.untimed_seconds
+        if timed_steps == 0:  # only the compiling step since the last flush
+            timed_steps, elapsed = len(fetched), elapsed + self.untimed_seconds
         summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
         summary["learning_rate"] = learning_rate
-        summary["images_per_second"] = len(fetched) * self.batch_size / elapsed
+        summary["images_per_second"] = timed_steps * self.batch_size / elapsed
         summary["tflops"] = summary["images_per_second"] * self.flops_per_image / 1e12
         if self.peak_flops:
             summary["model_flops_utilization"] = summary["tflops"] * 1e12 / self.peak_flops
@@ -166,7 +185,18 @@ def report_skipped(skipped, when: str) -> int:
     return len(names)
 
 
-def write_summary(record, step, total_steps, signal_name, started, workdir, skipped_images) -> dict:
+def write_summary(
+    record,
+    step,
+    total_steps,
+    signal_name,
+    started,
+    workdir,
+    skipped_images,
+    first_step_seconds: float | None = None,
+) -> dict:
+    """summary.json; first_step_seconds: from the start to the end of the first training step
+    of this process's run (compilation included), None if it trained no step."""
     best = record.get("best") or {}
     summary = {
         "step": step,
@@ -176,6 +206,7 @@ def write_summary(record, step, total_steps, signal_name, started, workdir, skip
         "best_top5_accuracy": best.get("top5_accuracy"),
         "best_step": best.get("step"),
         "wall_time_seconds": time.time() - started,
+        "seconds_to_first_step": first_step_seconds,
         "skipped_images": skipped_images,
         "workdir": str(workdir),
     }

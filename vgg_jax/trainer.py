@@ -231,7 +231,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         train_log = TrainLog(
             writer, config.batch_size, checkpoints,
             flops_per_image=training_flops_per_image(model, input_shape),
-            peak_flops=peak * jax.device_count() if peak else None,
+            peak_flops=peak * jax.device_count() if peak else None, started=started,
         )  # fmt: skip
 
         def log_train_metrics() -> None:
@@ -304,8 +304,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         checkpoints.wait()
         skipped_total += report_skipped(skipped, "the last steps")
         return write_summary(
-            record, step, total_steps, stop["signal"], started, workdir, skipped_total
-        )
+            record, step, total_steps, stop["signal"], started, workdir, skipped_total,
+            first_step_seconds=train_log.first_step_seconds,
+        )  # fmt: skip
     except Exception as error:
         failed = True
         if is_disk_full(error):
