@@ -3,9 +3,9 @@ a kill in the middle of a save, preemption by SIGTERM, a corrupted checkpoint, a
 NaN loss, bad data, a dead peer process, and does not leak memory.
 
 The runs use the test session's 4 fake CPU devices and compilation cache (conftest.py), so a
-subprocess computes bit for bit what the in-process `uninterrupted_run` fixture computes. Where
-a scenario's point is the crash, not the rerun, the rerun is `train_and_evaluate` in this
-process (what train.py runs, without paying for a new Python and TensorFlow).
+subprocess computes bit for bit what the in-process `uninterrupted_run` fixture computes. The
+crashes happen to train.py; the reruns after them are `train_and_evaluate` in this process
+(what train.py runs, without paying for a new Python and TensorFlow).
 """
 
 import json
