@@ -98,7 +98,7 @@ def use_compilation_cache(directory: str | None, workdir: str) -> None:
     if directory == "none":
         jax.config.update("jax_enable_compilation_cache", False)
     elif directory or not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        directory = directory or str(pathlib.Path(workdir) / "compilation_cache")
+        directory = directory or str(pathlib.Path(workdir).absolute() / "compilation_cache")
         jax.config.update("jax_compilation_cache_dir", directory)
 
 
