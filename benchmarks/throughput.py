@@ -145,7 +145,7 @@ def collect(args, argv: list[str]) -> dict:
                 "dtype",
                 "steps",
                 "repeats",
-            )  # fmt: skip
+            )
         },
         "sections": {},
     }
