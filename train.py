@@ -31,6 +31,11 @@ def exit_on_unknown_config_field(parse, *args):
         while error.args and isinstance(error.args[0], Exception):
             error = error.args[0]  # the KeyError inside, with ml_collections' suggestion
         detail = str(error.args[0] if error.args else error).replace("\n", ". ")
+        if any(override == "--config.batch_norm" for override in overrides):
+            detail += (
+                ". batch_norm is no longer a field: batch norm is chosen by the model name "
+                "alone, e.g. --config.model=vgg16_bn"
+            )
         sys.exit(
             f"error: unknown configuration field in {', '.join(overrides)}: {detail} (the fields "
             f"and their meaning: vgg_jax/configs/default.py)"
@@ -66,7 +71,7 @@ def main(argv: list[str]) -> None:
     # import, and a mistyped flag or config key should not wait for it.
     import jax
 
-    from vgg_jax.trainer import TrainingError, train_and_evaluate
+    from vgg_jax.training.loop import TrainingError, train_and_evaluate
 
     use_compilation_cache(FLAGS.compilation_cache_dir, FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # orbax and tfds report every file at INFO

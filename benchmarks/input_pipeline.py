@@ -4,7 +4,7 @@
     python benchmarks/input_pipeline.py --cores 1,4,16 --images 2000 --dir /data/fake_jpegs
 
 Generates a folder data set of ImageNet-sized JPEGs (about 500x375, smooth random content
-so they compress like photos), then times vgg_jax.input_pipeline.train_batches over it:
+so they compress like photos), then times vgg_jax.data.pipeline.train_batches over it:
 read, decode (only the crop window), the paper's augmentation and batching, as train.py runs
 it. Each core count runs in its own process pinned to that many cores (sched_setaffinity), so
 tf.data sees only those. A GPU at N images/s needs about N / (images/s per core) cores.
@@ -83,17 +83,17 @@ def time_pipeline(root: str, augmentation: str, batch_size: int, batches: int) -
     """Images/s of train_batches over the folder, after a warm-up of two batches."""
     import jax  # noqa: F401  (the pipeline splits batches by the local device count)
 
-    from vgg_jax import input_pipeline
-    from vgg_jax.preprocessing import TrainAugmentation
+    from vgg_jax.data import pipeline, sources
+    from vgg_jax.data.preprocessing import TrainAugmentation
 
-    builder = input_pipeline.get_builder(root)
+    builder = sources.get_builder(root)
     epoch_batches = builder.info.splits["train"].num_examples // batch_size
     if epoch_batches < 3:
         raise SystemExit(f"--images must give at least 3 batches of {batch_size}")
     augment = TrainAugmentation(**AUGMENTATIONS[augmentation])
     seen, started, epoch = 0, None, 0
     while seen < batches + 2:
-        for _ in input_pipeline.train_batches(
+        for _ in pipeline.train_batches(
             builder, "train", batch_size, epoch=epoch, seed=0, augmentation=augment,
             shuffle_buffer_size=1024,
         ):  # fmt: skip

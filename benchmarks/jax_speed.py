@@ -49,50 +49,49 @@ def matmul_peak(args) -> dict:
 
 def model_flops_per_image(args, model) -> int:
     """Forward FLOPs of one image (2 per multiply-accumulate of every conv and FC layer)."""
-    from vgg_jax.summary import layer_table
+    from vgg_jax.model.costs import layer_table
 
     return 2 * sum(row.macs for row in layer_table(model, args.image_size))
 
 
+def benchmark_config(args, batch_size: int = 256):
+    """The paper's VGG16 recipe (imagenet_vgg16.py) with the benchmark's model and sizes."""
+    from vgg_jax.configs import get_config
+
+    config = get_config("imagenet_vgg16")
+    config.update(model=args.model, width=args.width, fc_features=args.fc_features,
+                  dtype=args.dtype, batch_size=batch_size)  # fmt: skip
+    return config
+
+
 def build_model(args):
-    import jax.numpy as jnp
+    from vgg_jax.model.vgg import model_from_config
 
-    from vgg_jax import create_model
-
-    return create_model(
-        args.model,
-        num_classes=args.num_classes,
-        width=args.width,
-        fc_features=args.fc_features,
-        dtype=jnp.dtype(args.dtype),
-    )
+    return model_from_config(benchmark_config(args), args.num_classes)
 
 
 def _train_setup(args, model, batch_size: int):
-    """The library's pmapped train step on one device, its state and one on-device batch."""
+    """The library's pmapped train step on one device, its state and one on-device batch of
+    uint8 images, as the input pipeline sends them."""
     import flax
     import jax
     import numpy as np
 
-    from vgg_jax import optim
-    from vgg_jax.configs import get_config
-    from vgg_jax.training import create_train_state, model_for_training, pmapped_steps, replicate
+    from vgg_jax.training.steps import init_training, pmapped_steps, replicate
 
-    config = get_config("imagenet_vgg16")
-    config.batch_size = batch_size
-    model = model_for_training(model)
-    tx = optim.make_optimizer(config, steps_per_epoch=1000)
     shape = (args.image_size, args.image_size, 3)
-    state = create_train_state(model, tx, optim.init_plateau(config), shape, seed=0)
+    setup, state = init_training(
+        benchmark_config(args, batch_size), model, shape, steps_per_epoch=1000
+    )
     devices = jax.local_devices()[:1]
     replicated = replicate(state, devices)
     rng = np.random.default_rng(0)
     host_batch = {
-        "image": rng.standard_normal((1, batch_size, *shape), np.float32),
+        "image": rng.integers(0, 256, (1, batch_size, *shape), np.uint8),
         "label": rng.integers(0, args.num_classes, (1, batch_size), np.int32),
     }
     batch = next(flax.jax_utils.prefetch_to_device(iter([host_batch]), 1, devices))
-    p_train_step, _ = pmapped_steps(model, tx)
+    p_train_step, _ = pmapped_steps(setup)
     return p_train_step, replicated, batch
 
 
@@ -205,7 +204,7 @@ def variant_rows(args, model, flops: int) -> list[dict]:
 
     variant = VARIANTS[args.section_variant]
     rows = []
-    with mock.patch.multiple("vgg_jax.models", **_short_names(variant.patches)):
+    with mock.patch.multiple("vgg_jax.model.vgg", **_short_names(variant.patches)):
         for row in (
             vgg_jax_train(args, model, args.train_batch_sizes[-1], flops),
             vgg_jax_inference(args, model, args.inference_batch_sizes[-1], flops),
@@ -216,6 +215,6 @@ def variant_rows(args, model, flops: int) -> list[dict]:
 
 
 def _short_names(patches: dict) -> dict:
-    prefix = "vgg_jax.models."
+    prefix = "vgg_jax.model.vgg."
     assert all(target.startswith(prefix) for target in patches), patches
     return {target[len(prefix) :]: value for target, value in patches.items()}

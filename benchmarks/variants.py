@@ -3,7 +3,7 @@
 `benchmarks/throughput.py --variants NAME[,NAME...]` measures the library's own train step
 once more for each variant, in a fresh process with the variant's replacements patched into
 vgg_jax (and its XLA flags set), so an experiment needs no option in the library itself.
-Whatever wins moves into vgg_jax.layers; BENCHMARKS.md records the figures of both.
+Whatever wins moves into vgg_jax.model.layers; BENCHMARKS.md records the figures of both.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ class Variant:
 
 
 VARIANTS = {
-    "reshape_pool": Variant({"vgg_jax.models.max_pool_2x2": reshape_max_pool}),
-    "relu_output_mask": Variant({"vgg_jax.models.relu": relu_output_mask}),
+    "reshape_pool": Variant({"vgg_jax.model.vgg.max_pool_2x2": reshape_max_pool}),
+    "relu_output_mask": Variant({"vgg_jax.model.vgg.relu": relu_output_mask}),
     "reshape_pool+relu_output_mask": Variant(
-        {"vgg_jax.models.max_pool_2x2": reshape_max_pool, "vgg_jax.models.relu": relu_output_mask}
+        {"vgg_jax.model.vgg.max_pool_2x2": reshape_max_pool, "vgg_jax.model.vgg.relu": relu_output_mask}
     ),
     "no_triton_gemm": Variant(xla_flags="--xla_gpu_enable_triton_gemm=false"),
     "autotune_level_2": Variant(xla_flags="--xla_gpu_autotune_level=2"),

@@ -30,10 +30,10 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     """A TFDS data directory with the digits built in it, once per test session."""
-    from vgg_jax import input_pipeline
+    from vgg_jax.data import sources
 
     data_dir = tmp_path_factory.mktemp("tfds")
-    input_pipeline.get_builder("digits", str(data_dir))
+    sources.get_builder("digits", str(data_dir))
     return str(data_dir)
 
 
@@ -43,7 +43,7 @@ def uninterrupted_run(digits_dir, tmp_path_factory):
     reference for the resume and fault tests."""
     from training_setup import tiny_config
 
-    from vgg_jax.trainer import train_and_evaluate
+    from vgg_jax.training.loop import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
     summary = train_and_evaluate(tiny_config(digits_dir, max_steps=30), workdir)

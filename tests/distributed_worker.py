@@ -23,12 +23,12 @@ jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=proc
 import numpy as np  # noqa: E402
 
 import training_setup  # noqa: E402
-from vgg_jax import training  # noqa: E402
+from vgg_jax.training import steps  # noqa: E402
 
 assert jax.device_count() == 4 and jax.local_device_count() == 2
-model, tx, state = training_setup.small_training_setup(batch_norm=True)
-p_train_step, _ = training.pmapped_steps(model, tx)
-replicated = training.replicate(state)
+setup, state = training_setup.small_training_setup(batch_norm=True)
+p_train_step, _ = steps.pmapped_steps(setup)
+replicated = steps.replicate(state)
 for images, labels in training_setup.global_batches():
     half = len(labels) // 2
     mine = slice(process_id * half, (process_id + 1) * half)
@@ -37,7 +37,7 @@ for images, labels in training_setup.global_batches():
         "label": labels[mine].reshape(2, -1),
     }
     replicated, _ = p_train_step(replicated, batch)
-final = training.unreplicate(replicated)
+final = steps.unreplicate(replicated)
 if process_id == 0:
     np.savez(
         out, **training_setup.flat_arrays({"params": final.params, "stats": final.batch_stats})

@@ -58,7 +58,8 @@ def test_max_batch_is_extrapolated_from_the_peaks_at_two_batch_sizes():
 
 def test_training_flops_and_device_peaks():
     from vgg_jax import vgg16
-    from vgg_jax.summary import peak_bf16_flops, training_flops_per_image
+    from vgg_jax.model.costs import training_flops_per_image
+    from vgg_jax.training.reports import peak_bf16_flops
 
     # The "about 93 GFLOP per image": 3 x 2 x 15.470 G multiply-accumulates.
     flops = training_flops_per_image(vgg16(), (224, 224, 3))

@@ -4,15 +4,17 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vgg_jax import input_pipeline
+from vgg_jax.data import pipeline, sources
 from vgg_jax.configs import get_config
-from vgg_jax.summary import count_params
-from vgg_jax.trainer import build_model, train_and_evaluate, validate_config
+from vgg_jax.model.costs import count_params
+from vgg_jax.model.vgg import model_from_config
+from vgg_jax.training.checkpoints import upgraded_record
+from vgg_jax.training.loop import TrainingError, train_and_evaluate, validate_config
 from tfds_mocks import mocked_tfds
 
 
 def abstract_params(config, num_classes, input_shape):
-    model = build_model(config, num_classes)
+    model = model_from_config(config, num_classes)
     images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     return model, jax.eval_shape(model.init, jax.random.key(0), images)
 
@@ -23,10 +25,10 @@ def test_paper_imagenet_config_is_vgg16_with_the_papers_recipe():
     model, variables = abstract_params(config, 1000, (224, 224, 3))
     assert count_params(variables["params"]) == 138_357_544  # PAPER.md, configuration D
     assert (config.batch_size, config.learning_rate, config.lr_schedule) == (256, 0.01, "paper")
-    augmentation = input_pipeline.augmentation_from_config(config)
+    augmentation = pipeline.augmentation_from_config(config)
     assert augmentation.scale == (256, 512) and augmentation.crop == 224
     assert augmentation.flip and augmentation.pca_sigma == 0.1
-    assert input_pipeline.eval_preprocessing_from_config(config).scale == 384
+    assert pipeline.eval_preprocessing_from_config(config).scale == 384
 
 
 @pytest.mark.parametrize(
@@ -39,7 +41,7 @@ def test_fixed_scale_configs_build_each_configuration(model, expected_params):
     validate_config(config)
     _, variables = abstract_params(config, 1000, (224, 224, 3))
     assert count_params(variables["params"]) == expected_params  # PAPER.md's counts
-    assert input_pipeline.augmentation_from_config(config).scale == (256, 256)
+    assert pipeline.augmentation_from_config(config).scale == (256, 256)
     assert config.eval_scale == 256 and config.init_scheme == "paper"
     # The paper's warm start: B-E begin from the net A that the `:vgg11` config trains.
     if model == "vgg11":
@@ -77,23 +79,37 @@ def test_imagenette_recipe_reads_imagenette_through_tfds(tmp_path):
     _, variables = abstract_params(config, 10, (224, 224, 3))
     assert count_params(variables["params"]) == 134_309_962  # VGG16-BN with a 10-class FC8
     with mocked_tfds(config.dataset, tmp_path, examples=8):
-        builder = input_pipeline.get_builder(config.dataset, str(tmp_path))
-        info = input_pipeline.describe(builder, config.train_split, config.eval_split)
+        builder = sources.get_builder(config.dataset, str(tmp_path))
+        info = sources.describe(builder, config.train_split, config.eval_split)
         assert info.num_classes == 10 and info.image_shape == (None, None, 3)
-        assert input_pipeline.model_input_shape(config, info) == (224, 224, 3)
-        augmentation = input_pipeline.augmentation_from_config(config)
+        assert pipeline.model_input_shape(config, info) == (224, 224, 3)
+        augmentation = pipeline.augmentation_from_config(config)
         batch = next(
-            input_pipeline.train_batches(builder, "train", 8, 0, 0, augmentation=augmentation)
+            pipeline.train_batches(builder, "train", 8, 0, 0, augmentation=augmentation)
         )
         assert batch["image"].shape == (4, 2, 224, 224, 3) and batch["lighting"].shape == (4, 2, 3)
 
 
 @pytest.mark.parametrize("name", ["default", "imagenet_vgg16", "cifar10", "imagenette"])
-def test_model_name_and_batch_norm_flag_agree(name):
+def test_batch_norm_is_chosen_by_the_model_name_alone(name):
     config = get_config(name)
-    config.model = "vgg16_bn"  # a _bn name means batch norm, whatever the flag says
-    config.batch_norm = False
-    assert build_model(config, 10).batch_norm
+    assert "batch_norm" not in config
+    for model, expected in [("vgg16_bn", ("D", True)), ("vgg16", ("D", False)),
+                            ("vgg16_1x1_bn", ("C", True)), ("A-LRN_bn", ("A-LRN", True))]:
+        config.model = model
+        built = model_from_config(config, 10)
+        assert (built.config, built.batch_norm) == expected
+    config.batch_norm = True  # a config written before the field went: one clear error
+    with pytest.raises(TrainingError, match="batch norm is chosen by the model name"):
+        validate_config(config)
+
+
+def test_checkpoints_saved_with_a_batch_norm_field_read_as_the_bn_model():
+    old = {"config": {"model": "vgg16", "batch_norm": True}, "step": 3}
+    assert upgraded_record(old)["config"] == {"model": "vgg16_bn"}
+    assert upgraded_record({"config": {"model": "vgg11", "batch_norm": False}})["config"] == {
+        "model": "vgg11"
+    }
 
 
 def test_cifar10_recipe_trains_through_the_real_tfds_path(tmp_path):
@@ -105,4 +121,4 @@ def test_cifar10_recipe_trains_through_the_real_tfds_path(tmp_path):
     assert summary["step"] == 2 and summary["finished"]  # 16 examples: 2 batches of 8
     assert 0.0 <= summary["best_top1_accuracy"] <= 1.0
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "vgg16 on cifar10: 16 train / 16 eval examples, 10 classes, 32x32x3 images" in log
+    assert "vgg16_bn on cifar10: 16 train / 16 eval examples, 10 classes, 32x32x3 images" in log

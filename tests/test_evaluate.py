@@ -11,12 +11,17 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 from training_setup import flat_arrays
 
-from vgg_jax import evaluate, inference, input_pipeline, optim, predict, warm_start
-from vgg_jax.models import create_model
-from vgg_jax.checkpoints import read_trained_variables
+from vgg_jax import evaluate, predict
 from vgg_jax.configs import get_config
-from vgg_jax.trainer import TrainingError, build_model, train_and_evaluate
-from vgg_jax.training import create_train_state, model_for_training
+from vgg_jax.data import sources
+from vgg_jax.evaluation import inference
+from vgg_jax.evaluation.protocols import PROTOCOLS
+from vgg_jax.model.vgg import create_model, model_from_config
+from vgg_jax.training import warm_start
+from vgg_jax.training.checkpoints import read_trained_variables
+from vgg_jax.training.metrics import top_k_errors
+from vgg_jax.training.loop import TrainingError, train_and_evaluate
+from vgg_jax.training.steps import init_training
 
 
 def digits_config(digits_dir, **overrides):
@@ -24,7 +29,7 @@ def digits_config(digits_dir, **overrides):
     digits (chance: 10%)."""
     config = get_config()
     config.update(
-        data_dir=digits_dir, width=1 / 8, fc_features=32, batch_norm=True, dropout_rate=0.0,
+        data_dir=digits_dir, model="vgg11_bn", width=1 / 8, fc_features=32, dropout_rate=0.0,
         batch_size=32, num_epochs=1, learning_rate=0.4, lr_schedule="step", lr_step_epochs=(9,),
         log_every_steps=20,
     )  # fmt: skip
@@ -43,25 +48,25 @@ def trained(digits_dir, tmp_path_factory):
 def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, capsys):
     classifier = inference.from_checkpoint(trained)
     assert classifier.class_names == tuple(str(d) for d in range(10))
-    builder = input_pipeline.get_builder("digits", classifier.data_dir)
+    builder = sources.get_builder("digits", classifier.data_dir)
     report = evaluate.evaluate(
-        [classifier], builder, "test[:48]", evaluate.PROTOCOLS, scales=[32, 48], batch_size=16,
+        [classifier], builder, "test[:48]", PROTOCOLS, scales=[32, 48], batch_size=16,
         progress=False, keep_posteriors=True,
     )  # fmt: skip
     assert report["examples"] == 48
     rows = {(r["protocol"], tuple(r["scales"])): r for r in report["results"]}
-    assert set(rows) == {(p, s) for p in evaluate.PROTOCOLS for s in [(32,), (48,), (32, 48)]}
+    assert set(rows) == {(p, s) for p in PROTOCOLS for s in [(32,), (48,), (32, 48)]}
     for row in rows.values():
         assert 0 <= row["top5_error"] <= row["top1_error"] <= 100
     assert rows["center", (32,)]["top1_error"] < 70  # trained at 32x32: better than chance
     posteriors, labels = report["posteriors"], report["labels"]
-    for protocol in evaluate.PROTOCOLS:
+    for protocol in PROTOCOLS:
         at = {
             scales: posteriors[classifier.name, protocol, scales]
             for scales in [(32,), (48,), (32, 48)]
         }
         np.testing.assert_allclose(at[32, 48], (at[32,] + at[48,]) / 2, rtol=1e-6)
-        errors = evaluate.top_k_errors(at[32, 48], labels)
+        errors = top_k_errors(at[32, 48], labels)
         assert rows[protocol, (32, 48)]["top1_error"] == errors[1]
     print(evaluate.format_table(report))
     assert "| dense+multi_crop | 32, 48 |" in capsys.readouterr().out
@@ -69,7 +74,7 @@ def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, ca
 
 def test_an_ensemble_of_a_model_with_itself_equals_the_model(trained):
     classifier = inference.from_checkpoint(trained, "best")
-    builder = input_pipeline.get_builder("digits", classifier.data_dir)
+    builder = sources.get_builder("digits", classifier.data_dir)
     run = lambda members: evaluate.evaluate(  # noqa: E731
         members, builder, "test[:32]", ["dense"], [32], 16, progress=False, keep_posteriors=True
     )
@@ -158,15 +163,14 @@ def test_warm_start_copies_the_papers_layers_and_leaves_the_rest_fresh(trained, 
     are exactly the ones the warm start made."""
     source, _, _ = read_trained_variables(trained)
     config = digits_config(
-        str(inference.from_checkpoint(trained).data_dir), model="vgg16", learning_rate=0.0,
+        str(inference.from_checkpoint(trained).data_dir), model="vgg16_bn", learning_rate=0.0,
         max_steps=1, init_from=str(trained), init_layers="warm_start",
     )  # fmt: skip
     train_and_evaluate(config, tmp_path)
     result, _, step = read_trained_variables(tmp_path)
     assert step == 1
-    model = model_for_training(build_model(config, 10))
-    tx, plateau = optim.make_optimizer(config, 44), optim.init_plateau(config)
-    fresh = create_train_state(model, tx, plateau, (32, 32, 3), config.seed).params
+    _, state = init_training(config, model_from_config(config, 10), (32, 32, 3), 44)
+    fresh = state.params
     copied = warm_start.warm_start_layers("A")
     assert copied == ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
     assert jax.tree.structure(result["params"]) == jax.tree.structure(fresh)

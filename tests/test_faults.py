@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from training_setup import flat_arrays, saved_state, tiny_config
 
-from vgg_jax.checkpoints import UNREADABLE_FOLDER
+from vgg_jax.training.checkpoints import UNREADABLE_FOLDER
 from vgg_jax.configs import get_config
-from vgg_jax.trainer import train_and_evaluate
+from vgg_jax.training.loop import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TESTS = pathlib.Path(__file__).resolve().parent

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 from training_setup import small_config
 
-from vgg_jax import input_pipeline
-from vgg_jax.input_pipeline import DatasetUnavailable
-from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation
-from vgg_jax.trainer import TrainingError, train_and_evaluate
+from vgg_jax.data import pipeline, sources
+from vgg_jax.data.sources import DatasetUnavailable
+from vgg_jax.data.preprocessing import EvalPreprocessing, TrainAugmentation
+from vgg_jax.training.loop import TrainingError, train_and_evaluate
 
 # Each class is one colour, so a decoded image shows which folder it came from.
 CLASS_COLOURS = {"cat": (220, 30, 30), "dog": (30, 220, 30), "fox": (30, 30, 220)}
@@ -56,14 +56,14 @@ def readable(split):
 
 
 def test_folder_loads_through_tfds_with_labels_from_class_folders(folder):
-    builder = input_pipeline.get_builder(str(folder))
-    info = input_pipeline.describe(builder, "train", "val")
+    builder = sources.get_builder(str(folder))
+    info = sources.describe(builder, "train", "val")
     assert info.num_classes == 3 and info.train_examples == readable("train") + 2
     assert builder.info.features["label"].names == sorted(CLASS_COLOURS)
 
-    skipped = input_pipeline.SkippedImages()
+    skipped = pipeline.SkippedImages()
     images, labels = [], []
-    batches = input_pipeline.eval_batches(
+    batches = pipeline.eval_batches(
         builder, "train", 4, EvalPreprocessing(crop=32), skipped=skipped
     )
     for batch in batches:
@@ -85,11 +85,11 @@ def test_folder_loads_through_tfds_with_labels_from_class_folders(folder):
 
 
 def test_training_batches_skip_bad_files_and_keep_going(folder):
-    builder = input_pipeline.get_builder(str(folder))
-    skipped = input_pipeline.SkippedImages()
+    builder = sources.get_builder(str(folder))
+    skipped = pipeline.SkippedImages()
     augmentation = TrainAugmentation(scale=(32, 40), crop=32, flip=True)
     batches = list(
-        input_pipeline.train_batches(
+        pipeline.train_batches(
             builder, "train", 4, epoch=0, seed=0, augmentation=augmentation, skipped=skipped
         )
     )
@@ -100,10 +100,10 @@ def test_training_batches_skip_bad_files_and_keep_going(folder):
 
 
 def test_two_processes_read_disjoint_shards_of_a_folder(folder, monkeypatch):
-    builder = input_pipeline.get_builder(str(folder))
+    builder = sources.get_builder(str(folder))
 
     def labels_seen():
-        batches = input_pipeline.eval_batches(builder, "val", 8, EvalPreprocessing(crop=32))
+        batches = pipeline.eval_batches(builder, "val", 8, EvalPreprocessing(crop=32))
         return [
             (int(label), float(image.sum()))
             for batch in batches
@@ -130,10 +130,10 @@ def test_two_processes_read_disjoint_shards_of_a_folder(folder, monkeypatch):
 
 def test_folder_mistakes_are_explained(tmp_path):
     with pytest.raises(DatasetUnavailable, match="No image folder at"):
-        input_pipeline.get_builder(str(tmp_path / "missing"))
+        sources.get_builder(str(tmp_path / "missing"))
     (tmp_path / "flat").mkdir()
     with pytest.raises(DatasetUnavailable, match="holds no split folders"):
-        input_pipeline.get_builder(str(tmp_path / "flat"))
+        sources.get_builder(str(tmp_path / "flat"))
     root = tmp_path / "data"
     write_image_dir = root / "train" / "cat"
     write_image_dir.mkdir(parents=True)
@@ -141,29 +141,29 @@ def test_folder_mistakes_are_explained(tmp_path):
     (root / "train" / "dog").mkdir()
     (root / "train" / "dog" / "notes.txt").write_text("no images here")
     with pytest.raises(DatasetUnavailable, match=r"Class folder .*train/dog holds no"):
-        input_pipeline.get_builder(str(root))
+        sources.get_builder(str(root))
     (root / "train" / "dog" / "notes.txt").unlink()
     (root / "train" / "dog").rmdir()
-    builder = input_pipeline.get_builder(str(root))
+    builder = sources.get_builder(str(root))
     with pytest.raises(ValueError, match="has no split 'validation'; it has train"):
-        input_pipeline.describe(builder, "train", "validation")
+        sources.describe(builder, "train", "validation")
 
 
 def test_imagenet_not_downloaded_says_where_the_tars_go(tmp_path):
     with pytest.raises(DatasetUnavailable) as error:
-        input_pipeline.get_builder("imagenet2012", str(tmp_path))
+        sources.get_builder("imagenet2012", str(tmp_path))
     message = str(error.value)
     assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
     assert str(tmp_path / "downloads" / "manual") in message
     with pytest.raises(DatasetUnavailable, match="Unknown data set 'imagenet2013'"):
-        input_pipeline.get_builder("imagenet2013", str(tmp_path))
+        sources.get_builder("imagenet2013", str(tmp_path))
 
 
 def test_a_relative_folder_path_is_read_as_a_folder(folder, monkeypatch):
     monkeypatch.chdir(folder.parent)
     with pytest.raises(DatasetUnavailable, match=r"'pets' is a folder here: write ./pets"):
-        input_pipeline.get_builder("pets")
-    assert input_pipeline.get_builder("./pets").info.features["label"].num_classes == 3
+        sources.get_builder("pets")
+    assert sources.get_builder("./pets").info.features["label"].num_classes == 3
 
 
 def test_a_folder_without_crop_size_is_refused(folder, tmp_path):
@@ -186,6 +186,6 @@ def test_a_mostly_unreadable_folder_stops_with_a_clear_error(tmp_path):
 
 
 def test_model_input_is_rgb_whatever_the_stored_channels():
-    gray = input_pipeline.DatasetInfo("mnist", 10, (28, 28, 1), 60_000, 10_000)
-    assert input_pipeline.model_input_shape(small_config(crop_size=0), gray) == (28, 28, 3)
-    assert input_pipeline.model_input_shape(small_config(crop_size=24), gray) == (24, 24, 3)
+    gray = sources.DatasetInfo("mnist", 10, (28, 28, 1), 60_000, 10_000)
+    assert pipeline.model_input_shape(small_config(crop_size=0), gray) == (28, 28, 3)
+    assert pipeline.model_input_shape(small_config(crop_size=24), gray) == (24, 24, 3)

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_jax import input_pipeline
-from vgg_jax.input_pipeline import AS_STORED, NO_AUGMENTATION
-from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation
+from vgg_jax.data import pipeline, sources
+from vgg_jax.data.pipeline import AS_STORED, NO_AUGMENTATION
+from vgg_jax.data.preprocessing import EvalPreprocessing, TrainAugmentation
 from tfds_mocks import mocked_tfds
 
 AUGMENTATION = TrainAugmentation(scale=(36, 44), crop=32, flip=True, pca_sigma=0.1)
@@ -16,13 +16,13 @@ AUGMENTATION = TrainAugmentation(scale=(36, 44), crop=32, flip=True, pca_sigma=0
 
 @pytest.fixture(scope="module")
 def digits(digits_dir):
-    return input_pipeline.get_builder("digits", digits_dir)
+    return sources.get_builder("digits", digits_dir)
 
 
 def test_augmented_batches_resume_exactly_and_change_every_epoch(digits):
     def epoch(number, skip=0):
         return list(
-            input_pipeline.train_batches(
+            pipeline.train_batches(
                 digits, "train", 64, epoch=number, seed=3, skip_batches=skip,
                 augmentation=AUGMENTATION,
             )
@@ -42,7 +42,7 @@ def test_augmented_batches_resume_exactly_and_change_every_epoch(digits):
 
 
 def test_evaluation_counts_every_example_once(digits):
-    batches = list(input_pipeline.eval_batches(digits, "test", 64, EvalPreprocessing()))
+    batches = list(pipeline.eval_batches(digits, "test", 64, EvalPreprocessing()))
     assert len(batches) == 6  # 359 examples: five full batches of 64 and one of 39 + padding
     masks = np.concatenate([b["mask"].ravel() for b in batches])
     labels = np.concatenate([b["label"].ravel() for b in batches])[masks == 1]
@@ -56,7 +56,7 @@ def test_evaluation_counts_every_example_once(digits):
 def eval_examples(digits):
     """(image bytes, label) of every real example this process evaluates."""
     examples = []
-    for batch in input_pipeline.eval_batches(digits, "test", 64, EvalPreprocessing()):
+    for batch in pipeline.eval_batches(digits, "test", 64, EvalPreprocessing()):
         images = batch["image"].reshape(-1, 32 * 32 * 3)
         for image, label, keep in zip(
             images, batch["label"].ravel(), batch["mask"].ravel(), strict=True
@@ -73,7 +73,7 @@ def test_two_processes_read_disjoint_shards_covering_the_split(digits, monkeypat
     for index in range(2):
         monkeypatch.setattr(jax, "process_index", lambda index=index: index)
         shards.append(eval_examples(digits))
-        batch_counts.append(len(list(input_pipeline.eval_batches(digits, "test", 64))))
+        batch_counts.append(len(list(pipeline.eval_batches(digits, "test", 64))))
     assert sorted(map(len, shards)) == [179, 180]
     assert collections.Counter(shards[0]) + collections.Counter(shards[1]) == (
         collections.Counter(everything)
@@ -90,15 +90,15 @@ def test_two_processes_read_disjoint_shards_covering_the_split(digits, monkeypat
 )
 def test_tfds_builders_by_name(tmp_path, name, eval_split, augmentation, expected_classes):
     with mocked_tfds(name, tmp_path, examples=40):
-        builder = input_pipeline.get_builder(name, str(tmp_path))
-        info = input_pipeline.describe(builder, "train", eval_split)
+        builder = sources.get_builder(name, str(tmp_path))
+        info = sources.describe(builder, "train", eval_split)
         assert info.num_classes == expected_classes and info.train_examples == 40
         batches = list(
-            input_pipeline.train_batches(builder, "train", 8, 0, 0, augmentation=augmentation)
+            pipeline.train_batches(builder, "train", 8, 0, 0, augmentation=augmentation)
         )
         assert len(batches) == 5 and batches[0]["image"].shape == (4, 2, 32, 32, 3)
         evaluation = EvalPreprocessing(scale=36, crop=32) if augmentation.crop else AS_STORED
         masks = [
-            b["mask"] for b in input_pipeline.eval_batches(builder, eval_split, 16, evaluation)
+            b["mask"] for b in pipeline.eval_batches(builder, eval_split, 16, evaluation)
         ]
         assert sum(mask.sum() for mask in masks) == 40

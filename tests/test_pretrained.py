@@ -15,8 +15,9 @@ import pytest
 from helpers import relative_error
 
 import vgg_jax
-from vgg_jax import convert, pretrained
-from vgg_jax.convert import ConversionError
+from vgg_jax.data.normalization import CAFFE_NORMALIZATION, IMAGENET_NORMALIZATION
+from vgg_jax.weights import convert, pretrained
+from vgg_jax.weights.convert import ConversionError
 
 HAVE_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 HAVE_KERAS = importlib.util.find_spec("keras") is not None
@@ -96,7 +97,7 @@ def test_keras_models_give_the_same_logits(name, tmp_path):
     rgb = np.random.default_rng(1).uniform(0, 255, size=(1, 224, 224, 3)).astype(np.float32)
     caffe_input = rgb[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
     expected = np.asarray(reference(caffe_input))
-    classic, dense = both_heads(model, variables, pretrained.CAFFE_PREPROCESSING(rgb))
+    classic, dense = both_heads(model, variables, CAFFE_NORMALIZATION(rgb))
     assert relative_error(classic, expected) < 1e-5
     assert relative_error(dense, expected) < 1e-5
 
@@ -204,7 +205,7 @@ def test_a_truncated_file_is_reported(tmp_path):
 def registry_entry(tmp_path, file, digest):
     return pretrained.PretrainedWeights(
         "tiny.test", "vgg11", file.as_uri(), digest, "sha256", "torch",
-        pretrained.TORCHVISION_PREPROCESSING, 0.0, 0.0,
+        IMAGENET_NORMALIZATION, 0.0, 0.0,
     )  # fmt: skip
 
 
@@ -234,7 +235,7 @@ def test_download_checks_the_hash_and_caches(tmp_path, monkeypatch):
         "tiny.test", cache_dir=cache, width=SMALL["width"], fc_features=SMALL["fc_features"]
     )
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(variables))
-    assert preprocess is pretrained.TORCHVISION_PREPROCESSING
+    assert preprocess is IMAGENET_NORMALIZATION
     images = np.full((1, 64, 64, 3), 124, np.uint8)
     assert loaded_model.apply(loaded, preprocess(images)).shape == (1, 1000)
 

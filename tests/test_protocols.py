@@ -1,5 +1,5 @@
-"""The paper's test protocols on real forward passes of small models (vgg_jax.protocols), and
-the shape-bucketed test data (vgg_jax.evaluation_data)."""
+"""The paper's test protocols on real forward passes of small models (vgg_jax.evaluation.protocols), and
+the shape-bucketed test data (vgg_jax.data.evaluation_data)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +9,10 @@ import tensorflow as tf
 from helpers import images, init, relative_error
 
 import vgg_jax
-from vgg_jax import input_pipeline, protocols
-from vgg_jax.evaluation_data import rescaled_batches, rescaled_image, trim_to_bucket
+from vgg_jax.data import sources
+from vgg_jax.evaluation import protocols
+from vgg_jax.training.metrics import top_k_errors
+from vgg_jax.data.evaluation_data import rescaled_batches, rescaled_image, trim_to_bucket
 
 
 def small_model(size, seed=0):
@@ -97,7 +99,7 @@ def test_dense_plus_multi_crop_is_the_mean_of_the_two():
 def test_top_k_errors_count_a_tie_in_the_labels_favour():
     posteriors = np.array([[0.5, 0.3, 0.2], [0.2, 0.4, 0.4], [0.1, 0.3, 0.6]])
     labels = np.array([0, 2, 1])
-    errors = protocols.top_k_errors(posteriors, labels, ks=(1, 2, 5))
+    errors = top_k_errors(posteriors, labels, ks=(1, 2, 5))
     assert errors == {1: pytest.approx(100 / 3), 2: 0.0, 5: 0.0}
 
 
@@ -126,7 +128,7 @@ def test_images_of_many_sizes_make_few_batch_shapes(tmp_path):
         folder = tmp_path / "photos" / "test" / ("a" if i % 2 else "b")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{i}.jpg").write_bytes(_jpeg(height, width, seed=i))
-    builder = input_pipeline.get_builder(str(tmp_path / "photos"))
+    builder = sources.get_builder(str(tmp_path / "photos"))
     batches = list(rescaled_batches(builder, "test", scale=32, batch_size=4))
     shapes = {batch["image"].shape for batch in batches}
     # Smaller side 32; the longer one 40..60 -> 32 and 64..84 -> 64.

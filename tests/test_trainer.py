@@ -13,9 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_jax import run_reports
-from vgg_jax.checkpoints import Checkpoints
-from vgg_jax.trainer import TrainingError, train_and_evaluate
+from vgg_jax.training import reports as run_reports
+from vgg_jax.training.checkpoints import Checkpoints
+from vgg_jax.training.loop import TrainingError, train_and_evaluate
 from training_setup import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -100,6 +100,14 @@ def test_train_py_rejects_an_unknown_config_key_in_one_line(config, tmp_path):
     assert 'Did you mean "learning_rate"' in result.stderr  # ml_collections' suggestion
     assert "Traceback" not in result.stderr
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_train_py_says_batch_norm_is_chosen_by_the_model_name(tmp_path):
+    result = run_train_py(
+        f"--workdir={tmp_path}", "--config.batch_norm=True", timeout=120, env=TINY_TRAIN_PY_ENV
+    )
+    assert result.returncode == 1
+    assert "--config.model=vgg16_bn" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_first_step_is_reported_alone_and_left_out_of_images_per_second(monkeypatch):

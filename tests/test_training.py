@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_jax import optim, training
-from vgg_jax.checkpoints import Checkpoints
-from vgg_jax.trainer import TrainingError, compute_dtype
+from vgg_jax.model.vgg import compute_dtype
+from vgg_jax.training import optim, steps
+from vgg_jax.training.checkpoints import Checkpoints
 from helpers import relative_error, tree_relative_error
 from training_setup import flat_arrays, global_batches, small_config, small_training_setup
 
@@ -28,10 +28,10 @@ def setup(batch_norm, dropout_rate=0.0):
 
 def one_step_on(devices, batch_norm, dropout_rate=0.0, same_data_everywhere=False):
     """One library train step on the first `devices` CPU devices, the same global batch."""
-    model, tx, state = setup(batch_norm, dropout_rate)
+    training_setup, state = setup(batch_norm, dropout_rate)
     p_train_step = jax.pmap(
-        lambda s, b: training.train_step(s, b, model=model, tx=tx),
-        axis_name=training.AXIS_NAME,
+        lambda s, b: steps.train_step(s, b, setup=training_setup),
+        axis_name=steps.AXIS_NAME,
         devices=jax.devices()[:devices],
     )
     images, labels = next(global_batches())
@@ -56,22 +56,22 @@ def test_pmap_step_on_four_devices_equals_one_device(batch_norm):
         assert tree_relative_error(four.batch_stats, one.batch_stats) < 1e-6
     assert abs(float(four_metrics["loss"][0]) - float(one_metrics["loss"][0])) < 1e-5
     # The step really moved the parameters, far beyond the tolerance above.
-    _, _, start = setup(batch_norm)
+    _, start = setup(batch_norm)
     assert tree_relative_error(one.params, start.params) > 1e-4
 
 
 def test_dropout_masks_differ_between_devices_and_steps():
     """Devices given the same data still drop different units, so they do not average to one
     device's step; and a second step draws new masks."""
-    model, tx, state = setup(False, 0.5)
+    training_setup, state = setup(False, 0.5)
     four, _ = one_step_on(4, False, dropout_rate=0.5, same_data_everywhere=True)
     one, _ = one_step_on(1, False, dropout_rate=0.5, same_data_everywhere=True)
     assert tree_relative_error(four.params, one.params) > 1e-4
     # The same state and batch at another step number gives another update.
     images, labels = next(global_batches())
     batch = {"image": images[None, :2], "label": labels[None, :2]}
-    step = jax.pmap(lambda s, b: training.train_step(s, b, model=model, tx=tx),
-                    axis_name=training.AXIS_NAME, devices=jax.devices()[:1])  # fmt: skip
+    step = jax.pmap(lambda s, b: steps.train_step(s, b, setup=training_setup),
+                    axis_name=steps.AXIS_NAME, devices=jax.devices()[:1])  # fmt: skip
     replicated = jax.tree.map(lambda x: np.stack([x]), jax.device_get(state))
     at_0, _ = step(replicated, batch)
     at_7, _ = step(replicated.replace(step=replicated.step + 7), batch)
@@ -101,13 +101,13 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
     outputs = [worker.communicate(timeout=240)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], "\n".join(outputs)
 
-    model, tx, state = small_training_setup(batch_norm=True)
-    p_train_step, _ = training.pmapped_steps(model, tx)
-    replicated = training.replicate(state)
+    training_setup, state = small_training_setup(batch_norm=True)
+    p_train_step, _ = steps.pmapped_steps(training_setup)
+    replicated = steps.replicate(state)
     for images, labels in global_batches():
         batch = {"image": images.reshape(4, -1, *images.shape[1:]), "label": labels.reshape(4, -1)}
         replicated, _ = p_train_step(replicated, batch)
-    final = training.unreplicate(replicated)
+    final = steps.unreplicate(replicated)
     expected = flat_arrays({"params": final.params, "stats": final.batch_stats})
     saved = np.load(out)
     assert len(saved.files) == len(expected) > 0
@@ -124,7 +124,7 @@ def test_weight_decay_touches_kernels_only():
         "conv1_1_bn": {"scale": jnp.full((4,), 2.0), "bias": jnp.full((4,), 2.0)},
         "fc8": {"kernel": jnp.full((16, 10), 2.0), "bias": jnp.full((10,), 2.0)},
     }
-    tx = optim.make_optimizer(config, steps_per_epoch=10)
+    tx = optim.make_optimizer(config, optim.LearningRate.from_config(config, steps_per_epoch=10))
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     for layer, leaves in updates.items():
@@ -148,17 +148,19 @@ def test_learning_rate_is_scaled_by_batch_over_256_and_scheduled():
 
 
 def test_paper_schedule_divides_by_10_on_plateau_three_times_and_survives_restart(tmp_path):
-    config = small_config(lr_plateau_patience=2)
+    config = small_config(lr_schedule="paper", lr_plateau_patience=2)
     errors = [0.5, 0.4, 0.3] + [0.3] * 20  # improves, then stalls for good
+
+    learning_rate = optim.LearningRate.from_config(config, steps_per_epoch=10)
 
     def run(plateau, values):
         scales = []
         for value in values:
-            plateau = optim.update_plateau(config, plateau, value)
+            plateau = learning_rate.after_evaluation(plateau, value)
             scales.append(float(plateau.scale))
         return plateau, scales
 
-    _, uninterrupted = run(optim.init_plateau(config), errors)
+    _, uninterrupted = run(learning_rate.init_plateau(), errors)
     # Divided by 10 after each 2 evaluations without improvement, then never below 1e-3.
     assert uninterrupted[:3] == [1.0, 1.0, 1.0]
     assert uninterrupted[4] == pytest.approx(0.1) and uninterrupted[3] == 1.0
@@ -167,11 +169,11 @@ def test_paper_schedule_divides_by_10_on_plateau_three_times_and_survives_restar
     assert len({round(scale, 6) for scale in uninterrupted}) == 4  # 1, 0.1, 0.01, 0.001
 
     # Stop after 5 evaluations, checkpoint the rule's state, restore it, go on.
-    plateau, first = run(optim.init_plateau(config), errors[:5])
+    plateau, first = run(learning_rate.init_plateau(), errors[:5])
     store = Checkpoints(tmp_path / "ckpt")
     store.save(5, jax.device_get(plateau), {"step": 5})
     store.wait()
-    restored, _ = store.restore(5, jax.device_get(optim.init_plateau(config)))
+    restored, _ = store.restore(5, jax.device_get(learning_rate.init_plateau()))
     store.close()
     _, rest = run(restored, errors[5:])
     assert first + rest == uninterrupted
@@ -180,5 +182,5 @@ def test_paper_schedule_divides_by_10_on_plateau_three_times_and_survives_restar
 def test_auto_dtype_is_float32_on_cpu():
     assert compute_dtype("auto") == jnp.float32
     assert compute_dtype("bfloat16") == jnp.bfloat16
-    with pytest.raises(TrainingError, match="Unknown dtype 'float8'"):
+    with pytest.raises(ValueError, match="Unknown dtype 'float8'"):
         compute_dtype("float8")

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-import vgg_jax
-from vgg_jax import optim, training
-from vgg_jax.checkpoints import Checkpoints
+from vgg_jax.model.vgg import model_from_config
+from vgg_jax.training import steps
+from vgg_jax.training.checkpoints import Checkpoints
 from vgg_jax.configs import get_config
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -25,21 +25,17 @@ def small_config(**overrides) -> ConfigDict:
 
 
 def small_training_setup(batch_norm: bool, **overrides):
-    config = small_config(batch_norm=batch_norm, **overrides)
-    model = vgg_jax.create_model(
-        config.model, num_classes=10, width=config.width, fc_features=config.fc_features,
-        dropout_rate=config.dropout_rate, init_scheme="glorot", batch_norm=batch_norm,
-    )  # fmt: skip
-    model = training.model_for_training(model)
-    tx = optim.make_optimizer(config, steps_per_epoch=10)
-    state = training.create_train_state(model, tx, optim.init_plateau(config), IMAGE_SHAPE, 0)
-    return model, tx, state
+    """(setup, state) of a small VGG-A (with batch norm: vgg11_bn) on 10 classes."""
+    config = small_config(model="vgg11_bn" if batch_norm else "vgg11", init_scheme="glorot",
+                          **overrides)  # fmt: skip
+    model = model_from_config(config, num_classes=10)
+    return steps.init_training(config, model, IMAGE_SHAPE, steps_per_epoch=10)
 
 
 def global_batches(steps: int = 3, batch_size: int = 8):
     rng = np.random.default_rng(42)
     for _ in range(steps):
-        images = rng.normal(size=(batch_size, *IMAGE_SHAPE)).astype(np.float32)
+        images = rng.integers(0, 256, size=(batch_size, *IMAGE_SHAPE), dtype=np.uint8)
         yield images, rng.integers(0, 10, size=batch_size).astype(np.int32)
 
 

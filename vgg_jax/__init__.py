@@ -9,11 +9,23 @@ feats = model.apply(variables, images, layers=["conv3_3", "pool5"], method="extr
 model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")   # ImageNet weights
 posteriors = vgg_jax.dense_posteriors(model, variables, preprocess(uint8_images))  # Section 3.2
 
+Subpackages, each importing only those before it: model, data, weights, training, evaluation.
+`vgg_jax.inference` (classifiers from checkpoints or weights) loads on first use, since it
+brings TensorFlow.
+
 Commands: `python train.py`, `python -m vgg_jax.evaluate` (the paper's test protocols),
 `python -m vgg_jax.predict` (classify image files), `python -m vgg_jax` (a layer table).
 """
 
-from vgg_jax.architectures import (
+from vgg_jax.data.labels import imagenet_class_names
+from vgg_jax.evaluation.protocols import (
+    PROTOCOLS,
+    center_posteriors,
+    dense_posteriors,
+    multi_crop_posteriors,
+    protocol_posteriors,
+)
+from vgg_jax.model.architectures import (
     CONFIGS,
     MODEL_NAMES,
     LayerSpec,
@@ -21,9 +33,10 @@ from vgg_jax.architectures import (
     feature_names,
     layer_specs,
 )
-from vgg_jax.initializers import INIT_SCHEMES
-from vgg_jax.layers import local_response_norm
-from vgg_jax.models import (
+from vgg_jax.model.costs import count_params, layer_table
+from vgg_jax.model.initializers import INIT_SCHEMES
+from vgg_jax.model.layers import local_response_norm
+from vgg_jax.model.vgg import (
     VGG,
     create_model,
     vgg11,
@@ -37,23 +50,14 @@ from vgg_jax.models import (
     vgg19,
     vgg19_bn,
 )
-from vgg_jax.pretrained import (
+from vgg_jax.weights.pretrained import (
     WEIGHTS as PRETRAINED_WEIGHTS,
 )
-from vgg_jax.protocols import (
-    PROTOCOLS,
-    center_posteriors,
-    dense_posteriors,
-    multi_crop_posteriors,
-    protocol_posteriors,
-)
-from vgg_jax.pretrained import (
+from vgg_jax.weights.pretrained import (
     export_torch_state_dict,
-    imagenet_class_names,
     load_pretrained,
     save_safetensors,
 )
-from vgg_jax.summary import count_params, layer_table
 
 __all__ = [
     "CONFIGS",
@@ -89,3 +93,12 @@ __all__ = [
     "vgg19",
     "vgg19_bn",
 ]
+
+
+def __getattr__(name: str):
+    # vgg_jax.inference, as the README writes it, without importing TensorFlow on `import vgg_jax`.
+    if name == "inference":
+        import importlib
+
+        return importlib.import_module("vgg_jax.evaluation.inference")
+    raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")

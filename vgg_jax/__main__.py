@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from vgg_jax.architectures import MODEL_NAMES
-from vgg_jax.models import create_model
-from vgg_jax.summary import format_layer_table, layer_table
+from vgg_jax.model.architectures import MODEL_NAMES
+from vgg_jax.model.costs import format_layer_table, layer_table
+from vgg_jax.model.vgg import create_model
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,8 +8,7 @@ from vgg_jax.configs import default
 
 def get_config() -> ConfigDict:
     config = default.get_config()
-    config.model = "vgg16"
-    config.batch_norm = True
+    config.model = "vgg16_bn"
     config.width = 1.0
     config.fc_features = 512
     config.init_scheme = "kaiming"

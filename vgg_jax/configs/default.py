@@ -6,11 +6,11 @@ from ml_collections import ConfigDict
 def get_config() -> ConfigDict:
     config = ConfigDict()
 
-    # Model: any name or paper letter of vgg_jax.create_model.
+    # Model: any name or paper letter of vgg_jax.create_model; "_bn" at the end adds batch
+    # norm after every conv ("vgg16_bn", "vgg11_bn", "A-LRN_bn").
     config.model = "vgg11"  # configuration A
     config.width = 0.25  # conv widths 16, 32, 64, 128, 128
     config.fc_features = 256
-    config.batch_norm = False
     config.dropout_rate = 0.5
     # Glorot: with FC layers this narrow, torchvision's N(0, 0.01) FC init leaves the logits
     # so small that the net does not start learning within the default run.
@@ -50,7 +50,7 @@ def get_config() -> ConfigDict:
     # Starting point (Section 3.1), used when the workdir has no checkpoint yet: the latest
     # checkpoint of another train.py run. init_layers "all" copies every layer (fine-tuning, as
     # the paper's S=384 and scale-jittered nets); "warm_start" copies the first four convs and
-    # the three FC layers of a net A into a deeper one (vgg_jax.warm_start has the mapping).
+    # the three FC layers of a net A into a deeper one (vgg_jax.training.warm_start has the mapping).
     config.init_from = ""  # a train.py --workdir; "" starts from random weights
     config.init_layers = "all"
 

@@ -1,7 +1,7 @@
 """The paper's fixed-scale ImageNet training (S = 256, Table 3's first rows) for any of its
 configurations: `:vgg11` (A, the default), `:vgg11_lrn`, `:vgg13`, `:vgg16_1x1` (C), `:vgg16`,
 `:vgg19`, evaluated at Q = 256. Weights start from N(0, 0.01) (the paper's init); the deeper
-nets (B-E) are warm-started from a trained net A, as the paper did (vgg_jax.warm_start):
+nets (B-E) are warm-started from a trained net A, as the paper did (vgg_jax.training.warm_start):
 
     python train.py --config=vgg_jax/configs/imagenet_fixed_scale.py:vgg11 --workdir=runs/vgg11_s256
     python train.py --config=vgg_jax/configs/imagenet_fixed_scale.py:vgg16 --workdir=runs/vgg16_s256
@@ -14,8 +14,8 @@ and with scale jittering.
 
 from ml_collections import ConfigDict
 
-from vgg_jax.architectures import resolve_model_name
 from vgg_jax.configs import imagenet_vgg16
+from vgg_jax.model.architectures import resolve_model_name
 
 WARM_START_FROM = "runs/vgg11_s256"  # where the first command above trains net A
 

@@ -6,6 +6,7 @@ across devices with lax.pmean on AXIS_NAME, so one device is the same code with 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -16,8 +17,10 @@ import optax
 from flax import struct
 from jax import lax
 
-from vgg_jax.models import VGG
-from vgg_jax.normalization import model_input
+from vgg_jax.data.normalization import model_input
+from vgg_jax.model.vgg import VGG
+from vgg_jax.training.metrics import correct_top_k, cross_entropy
+from vgg_jax.training.optim import LearningRate, make_optimizer
 
 AXIS_NAME = "batch"
 
@@ -30,44 +33,47 @@ class TrainState:
     params: Any
     batch_stats: Any  # {} without BatchNorm
     opt_state: Any
-    plateau: Any  # optax reduce_on_plateau state: the paper's learning-rate decay
+    plateau: Any  # the paper's learning-rate decay (optim.LearningRate's reduce_on_plateau)
     rng: jax.Array  # raw PRNG key; each step and device folds in its own dropout key
 
 
-def create_train_state(
-    model: VGG, tx: optax.GradientTransformation, plateau, image_shape, seed: int
-) -> TrainState:
-    """A fresh state on the default device; `image_shape` is one image's (H, W, C)."""
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+@dataclasses.dataclass(frozen=True)
+class TrainingSetup:
+    """What the train step needs besides the state: the model (BatchNorm statistics averaged
+    across the pmap axis), the optimiser and the learning rate that scales its updates."""
+
+    model: VGG
+    tx: optax.GradientTransformation
+    learning_rate: LearningRate
+
+
+def init_training(
+    config, model: VGG, image_shape, steps_per_epoch: int
+) -> tuple[TrainingSetup, TrainState]:
+    """The one way to start training `model` with `config`'s optimiser and learning rate: the
+    setup for the steps, and a fresh state (seeded by config.seed) on the default device.
+    `image_shape` is one image's (H, W, C)."""
+    learning_rate = LearningRate.from_config(config, steps_per_epoch)
+    setup = TrainingSetup(
+        model_for_training(model), make_optimizer(config, learning_rate), learning_rate
+    )
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     images = jnp.zeros((1, *image_shape), jnp.float32)
 
     @jax.jit
     def init(key):
-        variables = model.init(key, images)
+        variables = setup.model.init(key, images)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-            plateau=plateau,
+            opt_state=setup.tx.init(params),
+            plateau=learning_rate.init_plateau(),
             rng=dropout_key,
         )
 
-    return init(init_key)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example multinomial logistic loss, in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """Per-example 1.0 where the label is among the k highest logits."""
-    k = min(k, logits.shape[-1])
-    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    # Ranked by how many classes score strictly higher, so ties count in the label's favour.
-    return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+    return setup, init(init_key)
 
 
 def _variables(state: TrainState, params) -> dict:
@@ -76,14 +82,14 @@ def _variables(state: TrainState, params) -> dict:
     return {"params": params}
 
 
-def train_step(
-    state: TrainState, batch: dict, *, model: VGG, tx: optax.GradientTransformation
-) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, setup: TrainingSetup) -> tuple[TrainState, dict]:
     """One SGD step on this device's share of the batch; run under pmap(axis_name=AXIS_NAME).
 
-    The model must carry axis_name=AXIS_NAME so that BatchNorm averages its batch statistics
-    across devices: then a step on N devices equals a step on one device with the whole batch.
+    The model carries axis_name=AXIS_NAME (init_training sees to it) so that BatchNorm averages
+    its batch statistics across devices: then a step on N devices equals a step on one device
+    with the whole batch.
     """
+    model = setup.model
     dropout_key = jax.random.fold_in(
         jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS_NAME)
     )
@@ -103,10 +109,8 @@ def train_step(
         state.params
     )
     grads = lax.pmean(grads, AXIS_NAME)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    # The plateau scale multiplies the learning rate; SGD applies the rate last, so scaling
-    # the update is the same thing.
-    updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    updates = setup.learning_rate.scale_updates(updates, state.plateau)
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
@@ -134,19 +138,14 @@ def eval_step(state: TrainState, batch: dict, *, model: VGG) -> dict:
     return lax.psum(sums, AXIS_NAME)
 
 
-def pmapped_steps(model: VGG, tx: optax.GradientTransformation):
+def pmapped_steps(setup: TrainingSetup):
     """(p_train_step, p_eval_step): the steps under pmap; the train state's buffers donated."""
-    if model.batch_norm and model.axis_name != AXIS_NAME:
-        raise ValueError(
-            f"Build the model with axis_name={AXIS_NAME!r} so BatchNorm statistics are "
-            f"averaged across devices."
-        )
     p_train_step = jax.pmap(
-        functools.partial(train_step, model=model, tx=tx),
+        functools.partial(train_step, setup=setup),
         axis_name=AXIS_NAME,
         donate_argnums=(0,),
     )
-    p_eval_step = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS_NAME)
+    p_eval_step = jax.pmap(functools.partial(eval_step, model=setup.model), axis_name=AXIS_NAME)
     return p_train_step, p_eval_step
 
 

@@ -1,4 +1,5 @@
-"""Layer tables of a VGG model: output shapes, parameters and multiply-accumulates per layer.
+"""What a VGG model costs: output shapes, parameters and multiply-accumulates per layer, and
+training FLOPs per image.
 
 Everything is read off the model itself with jax.eval_shape, so even VGG19 at 224x224 costs no
 computation. `python -m vgg_jax vgg16` prints the table.
@@ -13,8 +14,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from vgg_jax.architectures import feature_names
-from vgg_jax.models import VGG
+from vgg_jax.model.architectures import feature_names
+from vgg_jax.model.vgg import VGG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,27 +57,6 @@ def training_flops_per_image(model: VGG, image_shape: tuple[int, ...]) -> int:
     backward pass twice the forward (gradients of inputs and of weights)."""
     rows = layer_table(model, tuple(image_shape[:2]))
     return 3 * 2 * sum(row.macs for row in rows)
-
-
-# Dense bfloat16 peaks from the vendors' datasheets, matched in order against jax's
-# device_kind (lower case); model FLOP utilisation is measured against these.
-PEAK_BF16_FLOPS = (
-    ("h100 pcie", 756e12),
-    ("h100", 989e12),
-    ("h200", 989e12),
-    ("a100", 312e12),
-    ("tpu v4", 275e12),
-    ("tpu v5 lite", 197e12),
-    ("tpu v5e", 197e12),
-    ("tpu v5", 459e12),
-    ("tpu v6", 918e12),
-)
-
-
-def peak_bf16_flops(device_kind: str) -> float | None:
-    """The datasheet's dense bf16 FLOP/s of one device of this kind; None if unknown (CPUs)."""
-    kind = device_kind.lower()
-    return next((flops for name, flops in PEAK_BF16_FLOPS if name in kind), None)
 
 
 def format_layer_table(rows: Sequence[LayerRow]) -> str:

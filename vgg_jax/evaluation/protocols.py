@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from vgg_jax.architectures import downsampling_factor
-from vgg_jax.models import VGG
+from vgg_jax.model.architectures import downsampling_factor
+from vgg_jax.model.vgg import VGG
 
 PROTOCOLS = ("center", "dense", "multi_crop", "dense+multi_crop")
 GRID = 5  # the paper's 5x5 grid of crops per scale
@@ -136,9 +136,12 @@ def protocol_posteriors(
     return {name: out[name] for name in protocols}
 
 
-def top_k_errors(posteriors: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:
-    """{k: top-k error in %}; a label tied with others counts as ranked first among them."""
-    posteriors, labels = np.asarray(posteriors), np.asarray(labels)
-    label_scores = np.take_along_axis(posteriors, labels[:, None], axis=1)
-    rank = np.sum(posteriors > label_scores, axis=1)
-    return {k: float(100.0 * np.mean(rank >= min(k, posteriors.shape[1]))) for k in ks}
+def posterior_function(model: VGG, preprocess: Callable, protocols, crop: int) -> Callable:
+    """Jitted (variables, uint8 images) -> {protocol: posteriors}, `preprocess` turning the
+    images into the model's input; one compilation per image shape."""
+
+    @jax.jit
+    def posteriors(variables, images):
+        return protocol_posteriors(model, variables, preprocess(images), protocols, crop)
+
+    return posteriors

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vgg_jax.architectures import (
+from vgg_jax.model.architectures import (
     HEAD_FEATURE_NAMES,
     downsampling_factor,
     feature_names,
@@ -16,8 +16,8 @@ from vgg_jax.architectures import (
     resolve_config,
     resolve_model_name,
 )
-from vgg_jax.initializers import InitScheme, init_scheme
-from vgg_jax.layers import (
+from vgg_jax.model.initializers import InitScheme, init_scheme
+from vgg_jax.model.layers import (
     SlidingFullyConnected,
     dense_shaped_init,
     local_response_norm,
@@ -262,6 +262,41 @@ def create_model(name: str, **kwargs: Any) -> VGG:
     # A name that fixes batch_norm ("vgg16_bn") and a batch_norm= argument are a TypeError.
     fixed = {"batch_norm": True} if batch_norm else {}
     return VGG(config=config, **fixed, **kwargs)
+
+
+# Compute dtypes a config can name; "auto" is bfloat16 on GPU/TPU and float32 on CPU.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """The dtype a config's `dtype` names ("auto", "float32", "bfloat16"); parameters are
+    float32 whatever it is."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; choose auto, {', '.join(COMPUTE_DTYPES)}.")
+    return COMPUTE_DTYPES[name]
+
+
+def model_from_config(config, num_classes: int) -> VGG:
+    """The network a training config describes (train.py's, or one saved in a checkpoint):
+    `model` names it, batch norm included ("vgg16_bn"), and `width`, `fc_features`,
+    `dropout_rate`, `init_scheme` and `dtype` shape it."""
+    if "batch_norm" in config:
+        raise ValueError(
+            "config.batch_norm is no longer a field: batch norm is chosen by the model name "
+            "alone. Drop batch_norm and name the model with it, e.g. config.model='vgg16_bn' "
+            "(any name or paper letter + '_bn')."
+        )
+    return create_model(
+        config.model,
+        num_classes=num_classes,
+        width=config.width,
+        fc_features=config.fc_features,
+        dropout_rate=config.dropout_rate,
+        init_scheme=config.init_scheme,
+        dtype=compute_dtype(config.dtype),
+    )
 
 
 def vgg11(**kwargs: Any) -> VGG:

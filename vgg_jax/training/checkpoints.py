@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from vgg_jax.model.architectures import BATCH_NORM_SUFFIX, resolve_model_name
+
 BEST_METRIC = "top1_accuracy"
 UNREADABLE_FOLDER = "unreadable_checkpoints"  # beside checkpoints/: what could not be restored
 _logger = logging.getLogger("vgg_jax")
@@ -26,6 +28,25 @@ _logger = logging.getLogger("vgg_jax")
 
 def _best_metric(metrics: dict) -> float:
     return metrics[BEST_METRIC]
+
+
+def best_rank(metrics: dict, step: int) -> tuple[float, int]:
+    """What "best" means everywhere (the trainer's summary, --checkpoint=best and which
+    checkpoint is kept): the highest validation top-1, and of equals the latest step. Orbax's
+    BestN keeps that one too: it sorts by the metric alone, stably, in step order."""
+    return (_best_metric(metrics), step)
+
+
+def upgraded_record(record: dict) -> dict:
+    """A checkpoint's record in today's terms. Runs saved before batch norm was chosen by the
+    model name alone have config.batch_norm; it becomes the name's "_bn"."""
+    config = dict(record.get("config") or {})
+    if "batch_norm" in config:
+        batch_norm = config.pop("batch_norm")
+        if batch_norm and not resolve_model_name(config.get("model", "?"))[1]:
+            config["model"] = f"{config['model']}{BATCH_NORM_SUFFIX}"
+        record = {**record, "config": config}
+    return record
 
 
 class CheckpointNotFound(ValueError):
@@ -57,6 +78,7 @@ class Checkpoints:
             cleanup_tmp_directories=not read_only,  # what a crash mid-save left behind
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
 
     def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
         """Saves `state` (host arrays) at `step`; `metrics` rank it for 'best'."""
@@ -75,8 +97,8 @@ class Checkpoints:
     def best_step(self) -> int | None:
         """The kept checkpoint with the best validation accuracy (None if none was evaluated)."""
         scored = [(self.record(step).get("metrics"), step) for step in self.steps()]
-        scored = [(_best_metric(metrics), step) for metrics, step in scored if metrics]
-        return max(scored)[1] if scored else None
+        ranks = [best_rank(metrics, step) for metrics, step in scored if metrics]
+        return max(ranks)[1] if ranks else None
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict]:
         """The state saved at `step`, shaped like `target`, and its JSON record."""
@@ -86,7 +108,7 @@ class Checkpoints:
                 state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
             ),
         )
-        return restored.state, restored.record
+        return restored.state, upgraded_record(restored.record)
 
     def restore_latest(
         self, target: Any, check_record: Callable[[dict], None] = lambda record: None
@@ -98,41 +120,58 @@ class Checkpoints:
         checkpoint's record before its arrays are read, and may raise to refuse it (a
         checkpoint of another configuration is refused, not skipped).
         """
-        for step in reversed(self.steps()):
+        found = self.first_readable(
+            reversed(self.steps()),
+            lambda step: self.restore(step, target)[0],
+            check_record,
+            set_aside=True,
+        )
+        return None if found is None else found[1:]
+
+    def first_readable(
+        self,
+        steps,
+        read: Callable[[int], Any],
+        check_record: Callable[[dict], None] = lambda record: None,
+        set_aside: bool = False,
+    ) -> tuple[int, Any, dict] | None:
+        """(step, read(step), record) of the first of `steps` whose record and arrays can be
+        read; None if none can. Each unreadable one is reported, and with `set_aside` moved to
+        ../unreadable_checkpoints/. Errors of `check_record` are not caught."""
+        for step in steps:
             try:
                 record = self.record(step)
             except Exception as error:  # orbax raises many types for a damaged checkpoint
-                self._set_aside(step, error)
+                self._unreadable(step, error, set_aside)
                 continue
             check_record(record)
             try:
-                return self.restore(step, target)
+                return step, read(step), record
             except Exception as error:
-                self._set_aside(step, error)
+                self._unreadable(step, error, set_aside)
         return None
 
-    def _set_aside(self, step: int, error: Exception) -> None:
+    def _unreadable(self, step: int, error: Exception, set_aside: bool) -> None:
+        self.unreadable[step] = error
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+        if not set_aside:
+            _logger.warning(
+                "Checkpoint at step %d in %s is unreadable (%s); trying the one before.",
+                step, self.directory, detail,
+            )  # fmt: skip
+            return
         aside = (
             self.directory.parent / UNREADABLE_FOLDER / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         _logger.warning(
-            "Checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s and falling "
+            "Checkpoint at step %d in %s is unreadable (%s); moved it to %s and falling "
             "back to the one before.",
-            step, self.directory, type(error).__name__, str(error).splitlines()[0][:300], aside,
+            step, self.directory, detail, aside,
         )  # fmt: skip
         if jax.process_index() == 0:
             aside.parent.mkdir(exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(aside))
         self.manager.reload()
-
-    def _warn_unreadable(self, step: int, error: Exception) -> None:
-        _logger.warning(
-            "Checkpoint at step %d in %s is unreadable (%s: %s); trying the one before.",
-            step,
-            self.directory,
-            type(error).__name__,
-            error,
-        )
 
     def restore_arrays(self, step: int) -> dict:
         """The state saved at `step` as nested dicts of NumPy arrays, whatever its shapes."""
@@ -146,7 +185,7 @@ class Checkpoints:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
         )
-        return restored.record
+        return upgraded_record(restored.record)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -192,21 +231,18 @@ def read_trained_variables(workdir: str | pathlib.Path, which: str | int = "late
                     f"{', '.join(map(str, steps))}."
                 )
             candidates = [step]
-        for step in candidates:
-            try:
-                record = store.record(step)
-                state = store.restore_arrays(step)
-            except Exception as error:  # orbax raises many types for a damaged checkpoint
-                if step == candidates[-1]:  # nothing older to fall back to
-                    raise CheckpointNotFound(
-                        f"The checkpoint at step {step} in {directory} is unreadable "
-                        f"({type(error).__name__}: {error})."
-                    ) from error
-                store._warn_unreadable(step, error)
-                continue
-            variables = {"params": state["params"]}
-            if state.get("batch_stats"):
-                variables["batch_stats"] = state["batch_stats"]
-            return variables, record.get("config", {}), step
+        found = store.first_readable(candidates, store.restore_arrays)
+        if found is None:
+            step = candidates[-1]
+            error = store.unreadable[step]
+            raise CheckpointNotFound(
+                f"The checkpoint at step {step} in {directory} is unreadable "
+                f"({type(error).__name__}: {error})."
+            ) from error
+        step, state, record = found
+        variables = {"params": state["params"]}
+        if state.get("batch_stats"):
+            variables["batch_stats"] = state["batch_stats"]
+        return variables, record.get("config", {}), step
     finally:
         store.close()

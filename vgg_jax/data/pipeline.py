@@ -1,10 +1,8 @@
 """Training and evaluation data through tensorflow-datasets and tf.data.
 
-Data sets: any tensorflow-datasets name (imagenet2012, imagenette, cifar10, cifar100, ...),
-`digits` (built here, offline), or the path of a folder laid out as root/split/class/*.jpg|png
-(tfds.ImageFolder). Each process reads its own share of a split and yields NumPy batches shaped
+The builders come from vgg_jax.data.sources. Each process reads its own share of a split and yields NumPy batches shaped
 (local devices, per-device batch, ...) for the pmapped steps: uint8 images (normalised on the
-accelerator, vgg_jax.normalization), labels, and with PCA lighting each image's RGB shift.
+accelerator, vgg_jax.data.normalization), labels, and with PCA lighting each image's RGB shift.
 Images stay encoded until the preprocessing decodes the part it keeps. Training batches come
 in a fixed order per (seed, epoch), so a run resumed mid-epoch sees exactly the batches an
 uninterrupted run would.
@@ -15,10 +13,7 @@ a crash mid-epoch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import pathlib
 import threading
 from typing import Iterator
 
@@ -27,114 +22,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vgg_jax.datasets import SklearnDigits
-from vgg_jax.preprocessing import EvalPreprocessing, TrainAugmentation, is_well_formed
+from vgg_jax.data.preprocessing import EvalPreprocessing, TrainAugmentation, is_well_formed
+from vgg_jax.data.sources import DatasetInfo, split_examples
 
 NO_AUGMENTATION = TrainAugmentation()
 AS_STORED = EvalPreprocessing()
-
-# Data sets vgg_jax builds itself, by the name a config uses.
-LOCAL_BUILDERS = {"digits": SklearnDigits}
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    train_examples: int
-    eval_examples: int
-
-
-def keep_tensorflow_off_accelerators() -> None:
-    """tf.data runs on the host; left alone, TensorFlow would take GPU memory from JAX."""
-    tf.config.set_visible_devices([], "GPU")
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what tfds.ImageFolder reads
-# Data sets whose files cannot be downloaded automatically: what to fetch, and where it goes.
-MANUAL_DOWNLOADS = {
-    "imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org)",
-}
-
-
-class DatasetUnavailable(ValueError):
-    """A data set that cannot be read as asked, with what to do about it."""
-
-
-def is_folder_dataset(name: str) -> bool:
-    """A path, written as one: tfds names contain "/" too ("imagenette/320px-v2")."""
-    return name.startswith(("/", "./", "../", "~"))
-
-
-def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """The TFDS builder of a data set, prepared (built or downloaded) on first use; a folder
-    path gives a tfds.ImageFolder over it."""
-    keep_tensorflow_off_accelerators()
-    if is_folder_dataset(name):
-        return image_folder(name)
-    if name in LOCAL_BUILDERS:
-        builder = LOCAL_BUILDERS[name](data_dir=data_dir)
-    else:
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as error:
-            hint = f" ({name!r} is a folder here: write ./{name} to read it)" * os.path.isdir(name)
-            raise DatasetUnavailable(
-                f"Unknown data set {name!r}: give a tensorflow-datasets name, 'digits', or the "
-                f"path of an image folder laid out as root/split/class/*.jpg{hint}."
-            ) from error
-    try:
-        builder.download_and_prepare()
-    except Exception as error:
-        raise DatasetUnavailable(_not_prepared_message(builder, data_dir, error)) from error
-    return builder
-
-
-def _not_prepared_message(builder, data_dir: str | None, error: Exception) -> str:
-    root = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
-    base_name = builder.name.split("/")[0]
-    if base_name in MANUAL_DOWNLOADS:
-        return (
-            f"Data set {builder.name!r} is not prepared in {root} and cannot be downloaded "
-            f"automatically. Put {MANUAL_DOWNLOADS[base_name]} in {root / 'downloads' / 'manual'}"
-            f" and run again: tensorflow-datasets then builds it once (this takes hours). "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-        )
-    return (
-        f"Could not download and prepare data set {builder.name!r} in {root}: "
-        f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. Without internet, prepare "
-        f"it on a machine that has it and copy {root / builder.name} here."
-    )
-
-
-def image_folder(root: str) -> tfds.core.DatasetBuilder:
-    """tfds.ImageFolder over root/split/class/*.jpg|png, checked: a missing root, no split
-    folders or an empty class folder is an error saying what is wrong."""
-    path = pathlib.Path(root).expanduser()
-    if not path.is_dir():
-        raise DatasetUnavailable(
-            f"No image folder at {path}; expected {path}/<split>/<class>/*.jpg"
-        )
-    splits = sorted(p for p in path.iterdir() if p.is_dir())
-    if not splits:
-        raise DatasetUnavailable(
-            f"{path} holds no split folders; expected {path}/<split>/<class>/*.jpg (e.g. "
-            f"{path}/train/cat/0001.jpg)."
-        )
-    for split in splits:
-        classes = sorted(p for p in split.iterdir() if p.is_dir())
-        if not classes:
-            raise DatasetUnavailable(
-                f"Split folder {split} holds no class folders; expected {split}/<class>/*.jpg."
-            )
-        for folder in classes:
-            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir()):
-                raise DatasetUnavailable(
-                    f"Class folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images: add "
-                    f"some or remove the folder (every class folder is a class)."
-                )
-    return tfds.ImageFolder(str(path))
 
 
 class SkippedImages:
@@ -165,7 +57,7 @@ def encoded_examples(builder, split: str, drop_remainder: bool) -> tf.data.Datas
         ds = builder.as_dataset(split=split, decoders=decoders)
         ds = ds.shard(jax.process_count(), jax.process_index())
         if drop_remainder:
-            ds = ds.take(builder.info.splits[split].num_examples // jax.process_count())
+            ds = ds.take(split_examples(builder, split) // jax.process_count())
     else:
         process_split = tfds.split_for_jax_process(split, drop_remainder=drop_remainder)
         ds = builder.as_dataset(split=process_split, decoders=decoders)
@@ -193,24 +85,6 @@ def drop_malformed(ds: tf.data.Dataset, skipped: SkippedImages) -> tf.data.Datas
         )
 
     return ds.filter(keep)
-
-
-def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
-    """Classes, image shape and split sizes, from the data set's own metadata."""
-    features = builder.info.features
-    for split in (train_split, eval_split):
-        if split not in builder.info.splits:
-            raise ValueError(
-                f"Data set {builder.name!r} has no split {split!r}; it has "
-                f"{', '.join(builder.info.splits)}."
-            )
-    return DatasetInfo(
-        name=builder.name,
-        num_classes=features["label"].num_classes,
-        image_shape=tuple(features["image"].shape),
-        train_examples=builder.info.splits[train_split].num_examples,
-        eval_examples=builder.info.splits[eval_split].num_examples,
-    )
 
 
 def augmentation_from_config(config) -> TrainAugmentation:
@@ -303,7 +177,7 @@ def train_batches(
     # A file that looks whole but fails to decode: dropped (and logged by TensorFlow) too.
     ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(batch_size, drop_remainder=True)
-    num_batches = steps_per_epoch(builder.info.splits[split].num_examples, global_batch_size)
+    num_batches = steps_per_epoch(split_examples(builder, split), global_batch_size)
     ds = ds.take(num_batches - skip_batches).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):
         yield _to_devices(batch)
@@ -324,7 +198,7 @@ def eval_batches(
     the padding of a process whose share is empty.
     """
     batch_size = local_batch_size(global_batch_size)
-    total = builder.info.splits[split].num_examples
+    total = split_examples(builder, split)
     num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch_size)
     ds = drop_malformed(encoded_examples(builder, split, False), skipped or SkippedImages())
 

@@ -13,11 +13,30 @@ import time
 import jax
 import numpy as np
 
-from vgg_jax import optim
-from vgg_jax.checkpoints import Checkpoints
-from vgg_jax.training import unreplicate
+from vgg_jax.training.checkpoints import Checkpoints
+from vgg_jax.training.steps import unreplicate
 
 logger = logging.getLogger("vgg_jax")
+
+# Dense bfloat16 peaks from the vendors' datasheets, matched in order against jax's
+# device_kind (lower case); model FLOP utilisation is measured against these.
+DATASHEET_PEAK_BF16_FLOPS = (
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("h200", 989e12),
+    ("a100", 312e12),
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5", 459e12),
+    ("tpu v6", 918e12),
+)
+
+
+def peak_bf16_flops(device_kind: str) -> float | None:
+    """The datasheet's dense bf16 FLOP/s of one device of this kind; None if unknown (CPUs)."""
+    kind = device_kind.lower()
+    return next((flops for name, flops in DATASHEET_PEAK_BF16_FLOPS if name in kind), None)
 
 
 class TrainingError(RuntimeError):
@@ -94,27 +113,27 @@ class TrainLog:
         elapsed = time.perf_counter() - self.clock_started - self.untimed_seconds
         if timed_steps == 0:  # only the compiling step since the last flush
             timed_steps, elapsed = len(fetched), elapsed + self.untimed_seconds
-        summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
-        summary["learning_rate"] = learning_rate
-        summary["images_per_second"] = timed_steps * self.batch_size / elapsed
-        summary["tflops"] = summary["images_per_second"] * self.flops_per_image / 1e12
+        averages = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+        averages["learning_rate"] = learning_rate
+        averages["images_per_second"] = timed_steps * self.batch_size / elapsed
+        averages["tflops"] = averages["images_per_second"] * self.flops_per_image / 1e12
         if self.peak_flops:
-            summary["model_flops_utilization"] = summary["tflops"] * 1e12 / self.peak_flops
+            averages["model_flops_utilization"] = averages["tflops"] * 1e12 / self.peak_flops
         logger.info(
             "step %d: loss %.4f, top-1 %.2f%%, lr %.3g, %.0f images/s, %.3g TFLOP/s%s",
-            step, summary["loss"], 100 * summary["top1_accuracy"], learning_rate,
-            summary["images_per_second"], summary["tflops"],
-            f", MFU {summary['model_flops_utilization']:.1%}" if self.peak_flops else "",
+            step, averages["loss"], 100 * averages["top1_accuracy"], learning_rate,
+            averages["images_per_second"], averages["tflops"],
+            f", MFU {averages['model_flops_utilization']:.1%}" if self.peak_flops else "",
         )  # fmt: skip
         if self.writer is not None:
-            for key, value in summary.items():
+            for key, value in averages.items():
                 self.writer.scalar(f"train/{key}", value, step)
         self.pending = []
         self.restart_clock()
-        return summary
+        return averages
 
 
-def report_evaluation(writer, step: int, epoch: int, metrics: dict, replicated, schedule):
+def report_evaluation(writer, step: int, epoch: int, metrics: dict, learning_rate: float):
     logger.info(
         "epoch %d, step %d: eval loss %.4f, top-1 %.2f%%, top-5 %.2f%%",
         epoch + 1, step, metrics["loss"],
@@ -123,9 +142,7 @@ def report_evaluation(writer, step: int, epoch: int, metrics: dict, replicated, 
     if writer is not None:
         for key, value in metrics.items():
             writer.scalar(f"eval/{key}", value, step)
-        writer.scalar(
-            "train/learning_rate", optim.learning_rate_at(schedule, step, replicated), step
-        )
+        writer.scalar("train/learning_rate", learning_rate, step)
         writer.flush()
 
 

@@ -16,14 +16,14 @@ from typing import Iterator
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vgg_jax.input_pipeline import (
+from vgg_jax.data.pipeline import (
     SkippedImages,
     drop_malformed,
     encoded_examples,
     local_batch_size,
     pad_batch,
 )
-from vgg_jax.preprocessing import decode_rgb, rescale_smallest_side, to_uint8
+from vgg_jax.data.preprocessing import decode_rgb, rescale_smallest_side, to_uint8
 
 BUCKET = 32  # VGG's downsampling factor: sides that differ by less share a pool5 size
 

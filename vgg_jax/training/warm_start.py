@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_jax.architectures import HEAD_FEATURE_NAMES, layer_specs, resolve_model_name
+from vgg_jax.model.architectures import HEAD_FEATURE_NAMES, layer_specs, resolve_model_name
 
 INIT_LAYERS = ("all", "warm_start")
 WARM_START_CONVS = 4  # "the first four convolutional layers" of the source net

@@ -1,7 +1,7 @@
 """Trained classifiers ready to use, from a train.py work directory or from pretrained weights.
 
-    classifier = vgg_jax.inference.from_checkpoint("runs/default")          # latest checkpoint
-    classifier = vgg_jax.inference.from_weights("vgg16.tv_in1k")            # published weights
+    classifier = vgg_jax.evaluation.inference.from_checkpoint("runs/default")          # latest checkpoint
+    classifier = vgg_jax.evaluation.inference.from_weights("vgg16.tv_in1k")            # published weights
     logits = classifier.model.apply(classifier.variables, classifier.preprocess(uint8_images))
 
 A Classifier carries what inference needs besides the network: the preprocessing its weights
@@ -11,24 +11,19 @@ expect (uint8 RGB -> model input), its class names, and the data it was trained 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import pathlib
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from vgg_jax import pretrained
-from vgg_jax.architectures import resolve_model_name
-from vgg_jax.checkpoints import read_trained_variables
-from vgg_jax.input_pipeline import LOCAL_BUILDERS, image_folder, is_folder_dataset
-from vgg_jax.models import VGG, create_model
-from vgg_jax.normalization import normalize
-from vgg_jax.trainer import build_model, compute_dtype
-
-logger = logging.getLogger("vgg_jax")
+from vgg_jax.data.normalization import IMAGENET_NORMALIZATION
+from vgg_jax.data.sources import class_names
+from vgg_jax.model.architectures import resolve_model_name
+from vgg_jax.model.vgg import VGG, compute_dtype, create_model, model_from_config
+from vgg_jax.training.checkpoints import read_trained_variables
+from vgg_jax.weights import pretrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,26 +56,6 @@ def check_expected_model(found: VGG, expected: str | None, where: str) -> None:
         )
 
 
-def class_names(dataset: str, data_dir: str | None, num_classes: int) -> tuple[str, ...]:
-    """The label names of a data set, read from its metadata without preparing it; "class i"
-    where they cannot be read."""
-    if dataset.split("/")[0] == "imagenet2012" and num_classes == 1000:
-        return tuple(pretrained.imagenet_class_names())  # tfds names them by WordNet id only
-    try:
-        if is_folder_dataset(dataset):
-            builder = image_folder(dataset)
-        elif dataset in LOCAL_BUILDERS:
-            builder = LOCAL_BUILDERS[dataset](data_dir=data_dir or None)
-        else:
-            builder = tfds.builder(dataset, data_dir=data_dir or None)
-        names = tuple(builder.info.features["label"].names)
-        if len(names) == num_classes:
-            return names
-    except Exception as error:  # metadata of a data set that is not here: numbered classes
-        logger.warning("No class names for %s (%s); numbering the classes.", dataset, error)
-    return tuple(f"class {i}" for i in range(num_classes))
-
-
 def from_checkpoint(
     workdir: str | pathlib.Path, checkpoint: str | int = "latest", model: str | None = None
 ) -> Classifier:
@@ -89,14 +64,14 @@ def from_checkpoint(
     variables, saved, step = read_trained_variables(workdir, checkpoint)
     config = ConfigDict(saved)
     num_classes = int(variables["params"]["fc8"]["kernel"].shape[-1])
-    network = build_model(config, num_classes)
+    network = model_from_config(config, num_classes)
     check_expected_model(network, model, f"The checkpoint in {workdir}")
     pretrained.check_shapes(variables, network)
     return Classifier(
         name=f"{workdir} (step {step})",
         model=network,
         variables=jax.tree.map(jnp.asarray, variables),
-        preprocess=normalize,
+        preprocess=IMAGENET_NORMALIZATION,
         class_names=class_names(config.dataset, config.data_dir, num_classes),
         dataset=config.dataset,
         data_dir=config.data_dir,

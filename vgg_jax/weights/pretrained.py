@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.resources
 import os
 import pathlib
 import shutil
@@ -26,32 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from vgg_jax import convert
-from vgg_jax.architectures import resolve_model_name
-from vgg_jax.models import VGG, create_model
-from vgg_jax.normalization import MEAN_RGB, STDDEV_RGB
+from vgg_jax.data.normalization import (
+    CAFFE_NORMALIZATION,
+    IMAGENET_NORMALIZATION,
+    Normalization,
+)
+from vgg_jax.model.architectures import resolve_model_name
+from vgg_jax.model.vgg import VGG, create_model
+from vgg_jax.weights import convert
 
-# The Caffe weights' mean pixel (Keras lists it as BGR 103.939, 116.779, 123.68), in RGB.
-CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 DEFAULT_CACHE = pathlib.Path(
     os.environ.get("VGG_JAX_CACHE", pathlib.Path.home() / ".cache" / "vgg_jax")
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """uint8 (or 0-255 float) RGB images -> the model input the weights were trained on."""
-
-    mean: tuple[float, float, float]
-    stddev: tuple[float, float, float]
-
-    def __call__(self, images) -> jax.Array:
-        images = jnp.asarray(images, jnp.float32)
-        return (images - jnp.asarray(self.mean)) / jnp.asarray(self.stddev)
-
-
-TORCHVISION_PREPROCESSING = Preprocessing(MEAN_RGB, STDDEV_RGB)  # RGB in [0, 1], mean/std
-CAFFE_PREPROCESSING = Preprocessing(CAFFE_MEAN_RGB, (1.0, 1.0, 1.0))  # 0-255 minus the mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +47,7 @@ class PretrainedWeights:
     file_hash: str  # hex digest, or the leading digits of one (torchvision's file names)
     hash_algorithm: str  # "sha256" or "md5"
     layout: str  # "torch" (torchvision/timm state dict) or "keras"
-    preprocessing: Preprocessing
+    preprocessing: Normalization  # what the weights expect of uint8 RGB images
     top1: float  # published ImageNet validation accuracy, single 224 centre crop, %
     top5: float
 
@@ -74,7 +59,7 @@ class PretrainedWeights:
 def _torchvision(model: str, digest: str, top1: float, top5: float) -> PretrainedWeights:
     return PretrainedWeights(
         f"{model}.tv_in1k", model, f"https://download.pytorch.org/models/{model}-{digest}.pth",
-        digest, "sha256", "torch", TORCHVISION_PREPROCESSING, top1, top5,
+        digest, "sha256", "torch", IMAGENET_NORMALIZATION, top1, top5,
     )  # fmt: skip
 
 
@@ -84,7 +69,7 @@ def _keras(model: str, digest: str, top1: float, top5: float) -> PretrainedWeigh
         f"{model}/{model}_weights_tf_dim_ordering_tf_kernels.h5"
     )
     return PretrainedWeights(
-        f"{model}.caffe_in1k", model, url, digest, "md5", "keras", CAFFE_PREPROCESSING, top1, top5
+        f"{model}.caffe_in1k", model, url, digest, "md5", "keras", CAFFE_NORMALIZATION, top1, top5
     )
 
 
@@ -105,12 +90,6 @@ WEIGHTS = {
         _keras("vgg19", "cbe5617147190e668d6c5d5026f83318", 71.3, 90.0),
     )
 }
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names, in the label order of every weight set here."""
-    text = importlib.resources.files("vgg_jax").joinpath("data/imagenet_classes.txt").read_text()
-    return text.splitlines()
 
 
 def file_digest(path: pathlib.Path, algorithm: str) -> str:
@@ -252,7 +231,7 @@ def model_from_file(
     num_classes = int(variables["params"]["fc8"]["kernel"].shape[-1])
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     check_shapes(variables, model)
-    preprocess = CAFFE_PREPROCESSING if layout == "keras" else TORCHVISION_PREPROCESSING
+    preprocess = CAFFE_NORMALIZATION if layout == "keras" else IMAGENET_NORMALIZATION
     return model, jax.tree.map(jnp.asarray, variables), preprocess
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_jax.architectures import layer_specs
+from vgg_jax.model.architectures import layer_specs
 
 TORCH_CLASSIFIER = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 TIMM_HEAD = {"fc6": "pre_logits.fc1", "fc7": "pre_logits.fc2", "fc8": "head.fc"}

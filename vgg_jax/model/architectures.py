@@ -47,6 +47,7 @@ MODEL_NAMES: dict[str, tuple[str, bool]] = {
 # The head's feature names, in order, after the convolutional layers. "flatten" exists only in
 # the classic head; "fc8" is the class scores (a score map in the dense head).
 HEAD_FEATURE_NAMES = ("flatten", "fc6", "fc7", "fc8")
+BATCH_NORM_SUFFIX = "_bn"
 
 _CONV_TOKEN = re.compile(r"c(\d+)-(\d+)")
 
@@ -74,9 +75,17 @@ def resolve_config(config: str) -> str:
 
 
 def resolve_model_name(name: str) -> tuple[str, bool]:
-    """Maps a model name ("vgg16_bn") or a paper letter ("D") to (configuration, batch_norm)."""
+    """Maps a model name ("vgg16_bn") or a paper letter ("D") to (configuration, batch_norm).
+
+    Any name or letter with "_bn" added ("vgg16_1x1_bn", "D_bn") is that network with batch
+    norm, so every configuration has a name with and without it.
+    """
     if isinstance(name, str) and name.lower() in MODEL_NAMES:
         return MODEL_NAMES[name.lower()]
+    if isinstance(name, str) and name.lower().endswith(BATCH_NORM_SUFFIX):
+        config, batch_norm = resolve_model_name(name[: -len(BATCH_NORM_SUFFIX)])
+        if not batch_norm:
+            return config, True
     return resolve_config(name), False
 
 

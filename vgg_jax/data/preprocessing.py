@@ -6,7 +6,7 @@ JPEG is never decoded whole to keep 224x224 of it. Random ops take a stateless s
 tensor of shape [2]), so the same seed always gives the same image: a pipeline that derives
 seeds from (run seed, epoch, example) is reproducible and resumable. Images come out as uint8
 RGB (grayscale and RGBA converted); normalisation and the PCA lighting shift are applied on the
-accelerator (vgg_jax.normalization), where they cost nothing.
+accelerator (vgg_jax.data.normalization), where they cost nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from vgg_jax.normalization import IMAGENET_PCA_EIGENVALUES, IMAGENET_PCA_EIGENVECTORS
+from vgg_jax.data.normalization import IMAGENET_PCA_EIGENVALUES, IMAGENET_PCA_EIGENVECTORS
 
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
@@ -150,7 +150,7 @@ def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
 def pca_lighting_shift(seed, sigma: float = 0.1) -> tf.Tensor:
     """AlexNet's colour augmentation: the RGB shift sum_i alpha_i * lambda_i * p_i added to
     every pixel of one image, alpha_i ~ N(0, sigma^2) (0-255 scale). The shift travels with the
-    uint8 image and is added on the accelerator (vgg_jax.normalization.normalize)."""
+    uint8 image and is added on the accelerator (vgg_jax.data.normalization.normalize)."""
     alpha = tf.random.stateless_normal([3], seed, stddev=sigma)
     eigenvectors = tf.constant(IMAGENET_PCA_EIGENVECTORS, tf.float32)  # columns are the p_i
     return 255.0 * tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_PCA_EIGENVALUES))

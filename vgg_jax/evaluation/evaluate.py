@@ -1,0 +1,134 @@
+"""The paper's test protocol (Section 3.2) on a data set, for one model or an ensemble.
+
+Every image is rescaled to each Q in `scales` (vgg_jax.data.evaluation_data), each protocol's
+posteriors (vgg_jax.evaluation.protocols) are averaged over the scales, and an ensemble of
+several models averages the models' posteriors. The result is a report (JSON-ready) and a
+table like the paper's; `python -m vgg_jax.evaluate` is its command line.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from vgg_jax.data.evaluation_data import rescaled_batches
+from vgg_jax.data.pipeline import SkippedImages
+from vgg_jax.data.sources import split_examples
+from vgg_jax.evaluation.inference import Classifier
+from vgg_jax.evaluation.protocols import check_protocols, crop_size, posterior_function
+from vgg_jax.training.metrics import top_k_errors
+
+
+def check_scales(scales: Sequence[int], crop: int, name: str) -> tuple[int, ...]:
+    if not scales:
+        raise ValueError("Give at least one test scale Q (the smaller image side), e.g. 256.")
+    small = [q for q in scales if q < crop]
+    if small:
+        raise ValueError(
+            f"Test scales {small} are smaller than the {crop}-pixel input {name} was built "
+            f"for; every Q must be at least {crop}."
+        )
+    return tuple(scales)
+
+
+def evaluate(
+    classifiers: Sequence[Classifier],
+    builder,
+    split: str,
+    protocols: Sequence[str],
+    scales: Sequence[int],
+    batch_size: int = 16,
+    progress: bool = True,
+    keep_posteriors: bool = False,
+) -> dict:
+    """Errors of each classifier (and of their ensemble) under each protocol, at each scale
+    and with the scales' posteriors averaged. Returns the report written as JSON; with
+    `keep_posteriors` also "posteriors": {(model, protocol, scales): (examples, classes)} and
+    "labels" (not JSON)."""
+    protocols = check_protocols(protocols)
+    if not classifiers:
+        raise ValueError("Nothing to evaluate: give at least one model.")
+    num_classes = {c.model.num_classes for c in classifiers}
+    if len(num_classes) > 1:
+        raise ValueError(f"An ensemble's models must share their classes; got {num_classes}.")
+    total = split_examples(builder, split)
+    shape = (total, num_classes.pop())
+    labels, seen = np.zeros(total, np.int64), np.zeros(total, bool)
+    skipped = SkippedImages()
+    mesh = Mesh(np.array(jax.local_devices()), ("batch",))
+    by_example = NamedSharding(mesh, PartitionSpec("batch"))
+    rows, kept, ensemble = [], {}, {p: np.zeros(shape, np.float32) for p in protocols}
+
+    def add_row(model: str, protocol: str, scales, posteriors: np.ndarray) -> None:
+        errors = top_k_errors(posteriors[seen], labels[seen])
+        rows.append({"model": model, "protocol": protocol, "scales": list(scales),
+                     "top1_error": errors[1], "top5_error": errors[5]})  # fmt: skip
+        if keep_posteriors:
+            kept[model, protocol, tuple(scales)] = posteriors[seen]
+
+    for classifier in classifiers:
+        crop = crop_size(classifier.model, classifier.variables)
+        scales = check_scales(scales, crop, classifier.name)
+        posteriors_of = posterior_function(classifier.model, classifier.preprocess, protocols, crop)
+        variables = jax.device_put(classifier.variables, NamedSharding(mesh, PartitionSpec()))
+        over_scales = {p: np.zeros(shape, np.float32) for p in protocols}
+        for scale in scales:
+            at_scale = {p: np.zeros(shape, np.float32) for p in protocols}
+            batches = rescaled_batches(builder, split, scale, batch_size, skipped)
+            for batch in tqdm(batches, desc=f"{classifier.name} Q={scale}", unit="batch",
+                              disable=not progress, dynamic_ncols=True):  # fmt: skip
+                images = jax.device_put(batch["image"], by_example)
+                out = jax.device_get(posteriors_of(variables, images))
+                real = batch["mask"] > 0
+                index = batch["index"][real]
+                labels[index], seen[index] = batch["label"][real], True
+                for protocol in protocols:
+                    at_scale[protocol][index] = out[protocol][real]
+            if not seen.any():
+                raise ValueError(f"No readable example in split {split!r} of {builder.name!r}.")
+            for protocol in protocols:
+                add_row(classifier.name, protocol, [scale], at_scale[protocol])
+                over_scales[protocol] += at_scale[protocol] / len(scales)
+        for protocol in protocols:
+            if len(scales) > 1:
+                add_row(classifier.name, protocol, scales, over_scales[protocol])
+            ensemble[protocol] += over_scales[protocol] / len(classifiers)
+    if len(classifiers) > 1:
+        for protocol in protocols:
+            add_row(f"ensemble of {len(classifiers)}", protocol, scales, ensemble[protocol])
+    report = {
+        "dataset": builder.name,
+        "split": split,
+        "examples": int(seen.sum()),
+        "skipped_images": skipped.take(),
+        "models": [c.name for c in classifiers],
+        "protocols": list(protocols),
+        "scales": list(scales),
+        "results": rows,
+    }
+    if keep_posteriors:
+        report.update(posteriors=kept, labels=labels[seen])
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The results as a Markdown table in the form of the paper's Tables 3-5."""
+    lines = [
+        f"{report['dataset']} {report['split']}: {report['examples']} images"
+        + (f" ({len(report['skipped_images'])} unreadable, skipped)"
+           if report["skipped_images"] else ""),
+        "",
+        "| model | protocol | test scale Q | top-1 error (%) | top-5 error (%) |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in report["results"]:
+        scales = ", ".join(map(str, row["scales"]))
+        lines.append(
+            f"| {row['model']} | {row['protocol']} | {scales} | {row['top1_error']:.2f} | "
+            f"{row['top5_error']:.2f} |"
+        )
+    return "\n".join(lines)

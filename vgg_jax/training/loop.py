@@ -1,0 +1,379 @@
+"""The training loop behind train.py: train_and_evaluate(config, workdir).
+
+It resumes from the newest readable checkpoint in `workdir`, trains with the pmapped steps of
+vgg_jax.training.steps, evaluates at the end of every epoch, and saves every
+`checkpoint_every_steps` steps and after every evaluation. Ctrl-C or SIGTERM finish the
+current step, save, and return; a loss or parameter that turns NaN stops the run before it can
+reach a checkpoint.
+
+The story, one function each: set up (data, model, state, resume), train an epoch, end the
+epoch (evaluate, plateau, best, report, save), finish (summary).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from vgg_jax.data import pipeline, sources
+from vgg_jax.model.costs import training_flops_per_image
+from vgg_jax.model.vgg import model_from_config
+from vgg_jax.training import optim, warm_start
+from vgg_jax.training.checkpoints import (
+    CheckpointNotFound,
+    Checkpoints,
+    best_rank,
+    read_trained_variables,
+)
+from vgg_jax.training.reports import (
+    TrainingError,
+    TrainLog,
+    disk_full_message,
+    is_disk_full,
+    logger,
+    nan_message,
+    peak_bf16_flops,
+    report_evaluation,
+    report_skipped,
+    setup_logging,
+    write_summary,
+)
+from vgg_jax.training.steps import init_training, pmapped_steps, replicate, unreplicate
+
+__all__ = ["TrainingError", "train_and_evaluate", "validate_config"]
+
+# A checkpoint can only be resumed by a run that builds the same network on the same data.
+ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", "crop_size")
+
+
+def validate_config(config) -> None:
+    """Rejects a config that cannot work, before any data is read or anything compiled."""
+    if config.lr_schedule not in optim.SCHEDULES:
+        raise TrainingError(
+            f"Unknown lr_schedule {config.lr_schedule!r}; choose one of "
+            f"{', '.join(optim.SCHEDULES)}."
+        )
+    for key in ("batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise TrainingError(f"config.{key} must be a positive integer, got {config[key]!r}.")
+    try:
+        pipeline.local_batch_size(config.batch_size)
+    except ValueError as error:
+        raise TrainingError(f"config.{error}") from None
+    try:
+        model_from_config(config, num_classes=1)  # the model's own checks, and the dtype's
+    except (ValueError, TypeError) as error:
+        raise TrainingError(str(error)) from None
+    if config.init_layers not in warm_start.INIT_LAYERS:
+        raise TrainingError(
+            f"Unknown init_layers {config.init_layers!r}; choose one of "
+            f"{', '.join(warm_start.INIT_LAYERS)}."
+        )
+
+
+@dataclasses.dataclass
+class Run:
+    """What one call of train_and_evaluate holds while it runs (host-side bookkeeping; the
+    train state itself is the replicated pytree)."""
+
+    config: Any
+    workdir: pathlib.Path
+    started: float
+    is_main: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
+    checkpoints: Checkpoints | None = None
+    writer: Any = None
+    record: dict = dataclasses.field(default_factory=lambda: {"best": None})
+    skipped: pipeline.SkippedImages = dataclasses.field(default_factory=pipeline.SkippedImages)
+    skipped_total: int = 0
+    progress: tqdm | None = None
+    # Set by set_up:
+    builder: Any = None
+    info: sources.DatasetInfo | None = None
+    input_shape: tuple[int, int, int] = (0, 0, 0)
+    augmentation: Any = None  # preprocessing.TrainAugmentation
+    eval_preprocessing: Any = None  # preprocessing.EvalPreprocessing
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    setup: Any = None  # steps.TrainingSetup
+    p_train_step: Any = None
+    p_eval_step: Any = None
+    replicated: Any = None  # the train state on every local device
+    plateau: Any = None  # a host copy of the learning rate's plateau state
+    step: int = 0
+    train_log: TrainLog | None = None
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
+    """Trains `config` in `workdir`, resuming from its checkpoints; returns a summary."""
+    started = time.time()
+    validate_config(config)
+    run = Run(config, pathlib.Path(workdir).absolute(), started)
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    log_handlers = setup_logging(run.workdir, run.is_main)
+    failed = False
+    try:
+        set_up(run)
+        with stop_requests() as stop:
+            while run.step < run.total_steps and stop["signal"] is None:
+                train_epoch(run, stop)
+        return finish(run, stop["signal"])
+    except Exception as error:
+        failed = True
+        if is_disk_full(error):
+            raise TrainingError(disk_full_message(run.workdir, run.checkpoints, error)) from None
+        raise
+    finally:
+        close(run, failed)
+        for handler in log_handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def set_up(run: Run) -> None:
+    """Data, model, optimiser and state; resumed from the newest readable checkpoint, or
+    started from another run (config.init_from), or fresh."""
+    config = run.config
+    try:
+        run.builder = sources.get_builder(config.dataset, config.data_dir or None)
+        run.info = sources.describe(run.builder, config.train_split, config.eval_split)
+        run.input_shape = pipeline.model_input_shape(config, run.info)
+        run.augmentation = pipeline.augmentation_from_config(config)
+        run.eval_preprocessing = pipeline.eval_preprocessing_from_config(config)
+        run.steps_per_epoch = pipeline.steps_per_epoch(run.info.train_examples, config.batch_size)
+    except ValueError as error:  # the data set, as configured, cannot be read
+        raise TrainingError(str(error)) from None
+    run.total_steps = config.num_epochs * run.steps_per_epoch
+    if config.max_steps:
+        run.total_steps = min(run.total_steps, config.max_steps)
+
+    model = model_from_config(config, run.info.num_classes)
+    run.setup, state = init_training(config, model, run.input_shape, run.steps_per_epoch)
+    state = jax.device_get(state)
+    run.checkpoints = Checkpoints(run.workdir / "checkpoints", keep=config.keep_checkpoints)
+    restored = run.checkpoints.restore_latest(
+        state, lambda saved: check_same_architecture(run, saved)
+    )
+    if restored is not None:
+        state, run.record = restored
+        logger.info("Resumed from step %d in %s.", int(state.step), run.checkpoints.directory)
+    elif config.init_from:
+        state = start_from_run(config, state)
+    run.step, run.plateau = int(state.step), state.plateau
+    if run.is_main:
+        (run.workdir / "config.json").write_text(config.to_json(indent=2))
+        from flax.metrics import tensorboard  # imports TensorBoard: only where it writes
+
+        run.writer = tensorboard.SummaryWriter(str(run.workdir / "tensorboard"))
+    logger.info(
+        "%s on %s: %d train / %d eval examples, %d classes, %s images; %d steps per "
+        "epoch, %d devices, %s compute.",
+        config.model, run.info.name, run.info.train_examples, run.info.eval_examples,
+        run.info.num_classes, "x".join(map(str, run.input_shape)), run.steps_per_epoch,
+        jax.device_count(), jnp.dtype(model.dtype).name,
+    )  # fmt: skip
+    run.p_train_step, run.p_eval_step = pmapped_steps(run.setup)
+    run.replicated = replicate(state)
+    peak = peak_bf16_flops(jax.devices()[0].device_kind)
+    run.train_log = TrainLog(
+        run.writer, config.batch_size, run.checkpoints,
+        flops_per_image=training_flops_per_image(model, run.input_shape),
+        peak_flops=peak * jax.device_count() if peak else None, started=run.started,
+    )  # fmt: skip
+
+
+def check_same_architecture(run: Run, record: dict) -> None:
+    saved, config = record.get("config", {}), run.config
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, this run {config[key]!r}"
+        for key in ARCHITECTURE_KEYS
+        if saved.get(key) != config[key]
+    ]
+    if differences:
+        raise TrainingError(
+            f"{run.checkpoints.directory} holds checkpoints of another configuration ("
+            + "; ".join(differences)
+            + "). Use another --workdir, or delete that folder to start over."
+        )
+
+
+def start_from_run(config, state):
+    """`state` with layers of config.init_from's latest checkpoint copied in (warm_start):
+    every layer for fine-tuning, or the paper's warm start from net A."""
+    try:
+        source, source_config, step = read_trained_variables(config.init_from)
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        variables, layers = warm_start.initial_variables(
+            variables, source, source_config.get("model", "?"), config.init_layers
+        )
+    except (CheckpointNotFound, ValueError) as error:
+        raise TrainingError(
+            f"config.init_from={config.init_from!r}: {error} (set --config.init_from='' to "
+            f"start from random weights)."
+        ) from None
+    logger.info(
+        "Initialised from %s (step %d, %s): copied %s; the other layers start random.",
+        config.init_from, step, source_config.get("model"), ", ".join(layers),
+    )  # fmt: skip
+    return state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+
+
+def train_epoch(run: Run, stop: dict) -> None:
+    """Trains from run.step to the end of its epoch (or of the run, or to a stop request),
+    saving every checkpoint_every_steps; ends the epoch when it is complete."""
+    config = run.config
+    epoch, skip = divmod(run.step, run.steps_per_epoch)
+    epoch_end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)
+    batches = pipeline.train_batches(
+        run.builder, config.train_split, config.batch_size, epoch, config.seed,
+        skip_batches=skip, shuffle_buffer_size=config.shuffle_buffer_size,
+        augmentation=run.augmentation, skipped=run.skipped,
+    )  # fmt: skip
+    run.progress = tqdm(
+        total=run.steps_per_epoch, initial=skip, unit="step", disable=not run.is_main,
+        desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True,
+    )  # fmt: skip
+    device_batches = flax.jax_utils.prefetch_to_device(
+        itertools.islice(batches, epoch_end - run.step), 2
+    )
+    run.train_log.restart_clock()
+    for batch in device_batches:
+        run.replicated, metrics = run.p_train_step(run.replicated, batch)
+        run.step += 1
+        run.train_log.add(metrics)
+        run.progress.update()
+        if run.step % config.log_every_steps == 0 or run.step == epoch_end:
+            log_train_metrics(run)
+        if stop["signal"] is not None:
+            break
+        if run.step % config.checkpoint_every_steps == 0 and run.step != epoch_end:
+            save(run)
+    run.progress.close()
+    if run.step < epoch_end and stop["signal"] is None:
+        raise TrainingError(
+            f"Epoch {epoch + 1} ended after step {run.step} of {epoch_end}: most of "
+            f"{config.train_split!r} could not be read (see the skipped files above)."
+        )
+    if run.step % run.steps_per_epoch == 0 and stop["signal"] is None:
+        end_epoch(run, epoch)
+    elif run.step == run.total_steps or stop["signal"] is not None:
+        save(run)
+
+
+def end_epoch(run: Run, epoch: int) -> None:
+    """Evaluate, step the plateau rule, keep the best, report, save."""
+    config = run.config
+    run.skipped_total += report_skipped(run.skipped, f"epoch {epoch + 1} (training)")
+    metrics = evaluate_split(run, config.eval_split)
+    run.skipped_total += report_skipped(run.skipped, f"epoch {epoch + 1} (evaluation)")
+    # The paper's schedule: one plateau step per evaluation, fed the top-1 error.
+    plateau = run.setup.learning_rate.after_evaluation(run.plateau, 1.0 - metrics["top1_accuracy"])
+    if float(plateau.scale) < float(run.plateau.scale):
+        logger.info("Validation accuracy stopped improving: learning rate divided by 10.")
+    run.plateau = plateau
+    run.replicated = run.replicated.replace(plateau=replicate(plateau))
+    best = run.record["best"]
+    if best is None or best_rank(metrics, run.step) > best_rank(best, best["step"]):
+        run.record["best"] = {**metrics, "step": run.step}
+    report_evaluation(
+        run.writer, run.step, epoch, metrics, run.setup.learning_rate.at(run.step, run.plateau)
+    )
+    save(run, metrics)
+
+
+def evaluate_split(run: Run, split: str) -> dict[str, float]:
+    """Loss and top-1/top-5 accuracy over every readable example of `split`."""
+    totals = None
+    batches = pipeline.eval_batches(
+        run.builder, split, run.config.batch_size, run.eval_preprocessing,
+        skipped=run.skipped, image_shape=run.input_shape,
+    )  # fmt: skip
+    for batch in batches:
+        sums = run.p_eval_step(run.replicated, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = unreplicate(totals)
+    count = totals["count"]
+    return {
+        "loss": float(totals["loss"] / count),
+        "top1_accuracy": float(totals["top1_correct"] / count),
+        "top5_accuracy": float(totals["top5_correct"] / count),
+    }
+
+
+def log_train_metrics(run: Run) -> None:
+    learning_rate = run.setup.learning_rate.at(run.step - 1, run.plateau)
+    averages = run.train_log.flush(run.step, learning_rate)
+    if averages is not None and run.progress is not None:
+        run.progress.set_postfix(
+            loss=f"{averages['loss']:.4f}", img_s=f"{averages['images_per_second']:.0f}"
+        )
+
+
+def save(run: Run, metrics: dict | None = None) -> None:
+    """A checkpoint of the current state; refuses a NaN loss or parameter before writing."""
+    log_train_metrics(run)
+    host_state = unreplicate(run.replicated)
+    if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(host_state.params)):
+        raise TrainingError(nan_message(run.step, run.checkpoints))
+    run.record.update(config=run.config.to_dict(), step=run.step, metrics=metrics)
+    run.checkpoints.save(run.step, host_state, run.record, metrics)
+    run.train_log.restart_clock()
+
+
+def finish(run: Run, signal_name: str | None) -> dict:
+    run.checkpoints.wait()
+    run.skipped_total += report_skipped(run.skipped, "the last steps")
+    return write_summary(
+        run.record, run.step, run.total_steps, signal_name, run.started, run.workdir,
+        run.skipped_total, first_step_seconds=run.train_log.first_step_seconds,
+    )  # fmt: skip
+
+
+def close(run: Run, failed: bool) -> None:
+    """Closes the checkpoint manager and TensorBoard; after a failure, an error while closing
+    (a full disk fails these too) is logged, not raised over the first one."""
+    for closable in (run.checkpoints, run.writer):
+        try:
+            if closable is not None:
+                closable.close()
+        except Exception as error:
+            if not failed:
+                raise
+            logger.warning("While stopping: %s: %s", type(error).__name__, error)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turns SIGINT/SIGTERM into a request to stop after the current step (a second one
+    interrupts at once). Yields a dict whose "signal" is set when a stop was asked for."""
+    request: dict[str, Any] = {"signal": None}
+
+    def handler(signum, frame):
+        if request["signal"] is not None:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+        logger.warning("%s received: saving a checkpoint after this step.", request["signal"])
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = {}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,118 @@
+"""The paper's optimiser (SGD, momentum 0.9, L2 5e-4 on kernels) and its learning rate.
+
+`LearningRate` owns the rate: the config's schedule of steps and the paper's plateau decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax.contrib import reduce_on_plateau
+
+SCHEDULES = ("paper", "step", "cosine")
+# The paper divides the learning rate by 10 "when the validation set accuracy stopped
+# improving", three times at most.
+PLATEAU_FACTOR = 0.1
+PLATEAU_MAX_DECAYS = 3
+
+
+def scaled_learning_rate(base_learning_rate: float, batch_size: int) -> float:
+    """The linear scaling rule: the base rate is for a batch of 256, the paper's."""
+    return base_learning_rate * batch_size / 256
+
+
+def kernel_mask(params) -> dict:
+    """True for conv and FC kernels, False for biases and BatchNorm scales and offsets."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
+    """The learning rate at each step, before any plateau decay."""
+    peak = scaled_learning_rate(config.learning_rate, config.batch_size)
+    if config.lr_schedule == "paper":
+        return optax.constant_schedule(peak)
+    if config.lr_schedule == "step":
+        boundaries = {
+            int(epoch * steps_per_epoch): config.lr_step_factor for epoch in config.lr_step_epochs
+        }
+        return optax.piecewise_constant_schedule(peak, boundaries)
+    if config.lr_schedule == "cosine":
+        warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup_steps,
+            decay_steps=max(int(config.num_epochs * steps_per_epoch), warmup_steps + 1),
+        )
+    raise ValueError(
+        f"Unknown lr_schedule {config.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningRate:
+    """A run's learning rate: `schedule(step)` times the paper's plateau decay.
+
+    The schedule runs inside the optax chain. The plateau decay (optax's reduce_on_plateau) is
+    stepped once per evaluation, on the host, with the validation top-1 error; its state is a
+    small pytree that lives in the train state, so checkpoints keep it, and its `scale`
+    multiplies every update in the train step. With a schedule other than "paper" the decay
+    never moves from 1.
+    """
+
+    schedule: Callable[[jax.Array], jax.Array]
+    plateau_decay: optax.GradientTransformationExtraArgs
+    decays_on_plateau: bool
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch: int) -> LearningRate:
+        return cls(
+            schedule=learning_rate_schedule(config, steps_per_epoch),
+            plateau_decay=reduce_on_plateau(
+                factor=PLATEAU_FACTOR,
+                patience=config.lr_plateau_patience,
+                # Errors are fractions; count 0.1 percentage points as an improvement.
+                rtol=0.0,
+                atol=1e-3,
+                min_scale=PLATEAU_FACTOR**PLATEAU_MAX_DECAYS,
+            ),
+            decays_on_plateau=config.lr_schedule == "paper",
+        )
+
+    def init_plateau(self) -> Any:
+        """The decay's state before any evaluation (scale 1)."""
+        return self.plateau_decay.init(jnp.zeros((), jnp.float32))
+
+    def after_evaluation(self, plateau: Any, validation_error: float) -> Any:
+        """The decay's state after one evaluation with this top-1 error (a fraction)."""
+        if not self.decays_on_plateau:
+            return plateau
+        _, new_plateau = self.plateau_decay.update(
+            jnp.zeros((), jnp.float32), plateau, value=jnp.float32(validation_error)
+        )
+        return jax.device_get(new_plateau)
+
+    def scale_updates(self, updates: Any, plateau: Any) -> Any:
+        """Updates under the plateau decay. SGD applies the rate last, so scaling its updates
+        is scaling the rate."""
+        return jax.tree.map(lambda update: update * plateau.scale, updates)
+
+    def at(self, step: int, plateau: Any) -> float:
+        """The rate that step `step` uses, given the decay's state (a host copy)."""
+        return float(self.schedule(step) * plateau.scale)
+
+
+def make_optimizer(config, learning_rate: LearningRate) -> optax.GradientTransformation:
+    """SGD with momentum and PyTorch-style (coupled) L2 weight decay on kernels only."""
+    transforms = []
+    if config.grad_clip_norm:
+        transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    transforms += [
+        optax.add_decayed_weights(config.weight_decay, mask=kernel_mask),
+        optax.sgd(learning_rate.schedule, momentum=config.momentum, nesterov=config.nesterov),
+    ]
+    return optax.chain(*transforms)
