@@ -39,9 +39,9 @@ def digits_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def uninterrupted_run(digits_dir, tmp_path_factory):
-    """(workdir, summary) of 30 steps of training_setup.tiny_config, in this process: the
+    """(workdir, summary) of 30 steps of helpers.tiny_config, in this process: the
     reference for the resume and fault tests."""
-    from training_setup import tiny_config
+    from helpers import tiny_config
 
     from vgg_jax.training.loop import train_and_evaluate
 

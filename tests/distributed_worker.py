@@ -20,16 +20,16 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
 
+import helpers  # noqa: E402
 import numpy as np  # noqa: E402
 
-import training_setup  # noqa: E402
 from vgg_jax.training import steps  # noqa: E402
 
 assert jax.device_count() == 4 and jax.local_device_count() == 2
-setup, state = training_setup.small_training_setup(batch_norm=True)
+setup, state = helpers.small_training_setup(batch_norm=True)
 p_train_step, _ = steps.pmapped_steps(setup)
 replicated = steps.replicate(state)
-for images, labels in training_setup.global_batches():
+for images, labels in helpers.global_batches():
     half = len(labels) // 2
     mine = slice(process_id * half, (process_id + 1) * half)
     batch = {
@@ -40,6 +40,6 @@ for images, labels in training_setup.global_batches():
 final = steps.unreplicate(replicated)
 if process_id == 0:
     np.savez(
-        out, **training_setup.flat_arrays({"params": final.params, "stats": final.batch_stats})
+        out, **helpers.flat_arrays({"params": final.params, "stats": final.batch_stats})
     )
 jax.distributed.shutdown()

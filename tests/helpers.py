@@ -1,9 +1,60 @@
-"""Jitted init and apply for tests: one compilation per model instead of one per operation."""
+"""What the tests share: paths, a free port, train.py as a user runs it, jitted init and apply,
+the shrunken training configs, a small training setup and its batches, and checkpoint readers.
+"""
 
 import functools
+import os
+import pathlib
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
+
+from vgg_jax.configs import get_config
+from vgg_jax.model.vgg import model_from_config
+from vgg_jax.training.checkpoints import Checkpoints
+from vgg_jax.training.steps import init_training
+
+TESTS = pathlib.Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- train.py in a process
+
+
+def start_train_py(*args, fault=None, marker=None, env=None) -> subprocess.Popen:
+    """train.py with these arguments, from the repository root; with `fault`, through
+    fault_injection.py (which injects it and signals `marker`)."""
+    command = [sys.executable, str(ROOT / "train.py")]
+    if fault:
+        command = [sys.executable, str(TESTS / "fault_injection.py"), fault, str(marker)]
+    return subprocess.Popen(
+        [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=env or dict(os.environ),
+    )  # fmt: skip
+
+
+def run_train_py(*args, timeout=300, **options) -> subprocess.CompletedProcess:
+    """start_train_py to its end: its exit code, stdout and stderr."""
+    process = start_train_py(*args, **options)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+# ---------------------------------------------------------------- models
 
 
 def images(shape, seed=0):
@@ -36,3 +87,78 @@ def tree_relative_error(actual, expected):
         [np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(tree)]
     )
     return relative_error(flatten(actual), flatten(expected))
+
+
+# ---------------------------------------------------------------- training configs and setup
+
+
+def small_config(**overrides) -> ConfigDict:
+    """A 1/16-width VGG-A for unit tests of the steps and optimiser (no data set)."""
+    config = get_config()
+    config.update(
+        dict(width=1 / 16, fc_features=16, dropout_rate=0.0, batch_size=8, learning_rate=0.5,
+             lr_schedule="step", num_epochs=1)
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+def tiny_config(digits_dir, **overrides) -> ConfigDict:
+    """The default config, shrunk: 22 steps per epoch of a 1/16-width VGG-A, with the paper's
+    augmentation (scale jitter, random crop, flip, PCA lighting) so resuming must replay it."""
+    config = get_config()
+    config.update(
+        data_dir=digits_dir, width=1 / 16, fc_features=32, num_epochs=2, lr_schedule="paper",
+        learning_rate=0.4, log_every_steps=5, checkpoint_every_steps=10, keep_checkpoints=1,
+        train_scale=(32, 40), crop_size=32, random_flip=True, pca_lighting=0.1,
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+def digits_config(digits_dir, **overrides):
+    """A 1/8-width VGG-A with batch norm: one epoch of 44 steps takes it to ~65% top-1 on the
+    digits (chance: 10%)."""
+    config = get_config()
+    config.update(
+        data_dir=digits_dir, model="vgg11_bn", width=1 / 8, fc_features=32, dropout_rate=0.0,
+        batch_size=32, num_epochs=1, learning_rate=0.4, lr_schedule="step", lr_step_epochs=(9,),
+        log_every_steps=20,
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def small_training_setup(batch_norm: bool, **overrides):
+    """(setup, state) of a small VGG-A (with batch norm: vgg11_bn) on 10 classes."""
+    config = small_config(model="vgg11_bn" if batch_norm else "vgg11", init_scheme="glorot",
+                          **overrides)  # fmt: skip
+    model = model_from_config(config, num_classes=10)
+    return init_training(config, model, IMAGE_SHAPE, steps_per_epoch=10)
+
+
+def global_batches(steps: int = 3, batch_size: int = 8):
+    rng = np.random.default_rng(42)
+    for _ in range(steps):
+        images = rng.integers(0, 256, size=(batch_size, *IMAGE_SHAPE), dtype=np.uint8)
+        yield images, rng.integers(0, 10, size=batch_size).astype(np.int32)
+
+
+def flat_arrays(tree) -> dict:
+    """{"params/conv1_1/kernel": array, ...} for a pytree of nested dicts."""
+    return {
+        "/".join(key.key for key in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def saved_state(workdir, step=None):
+    """The train state saved in a work directory (the latest checkpoint by default), as
+    nested dicts of NumPy arrays."""
+    store = Checkpoints(pathlib.Path(workdir) / "checkpoints", read_only=True)
+    state = store.restore_arrays(step if step is not None else store.steps()[-1])
+    store.close()
+    return state

@@ -2,7 +2,6 @@
 the same function as the library's layers."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -11,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from helpers import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jax_speed  # noqa: E402

@@ -1,15 +1,13 @@
 """`python -m vgg_jax` (the layer table) and the README's promises about its commands and CI."""
 
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 from vgg_jax.__main__ import main
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_demo_prints_the_vgg16_layer_table(capsys):

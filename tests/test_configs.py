@@ -3,14 +3,14 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from tfds_mocks import mocked_tfds
 
-from vgg_jax.data import pipeline, sources
 from vgg_jax.configs import get_config
+from vgg_jax.data import pipeline, sources
 from vgg_jax.model.costs import count_params
 from vgg_jax.model.vgg import model_from_config
 from vgg_jax.training.checkpoints import upgraded_record
 from vgg_jax.training.loop import TrainingError, train_and_evaluate, validate_config
-from tfds_mocks import mocked_tfds
 
 
 def abstract_params(config, num_classes, input_shape):

@@ -4,9 +4,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import init
 
 import vgg_jax
-from helpers import init
 
 SMALL = dict(width=1 / 16, fc_features=16, num_classes=3)
 

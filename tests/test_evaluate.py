@@ -8,33 +8,19 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import digits_config, flat_arrays
 from sklearn.datasets import load_digits
-from training_setup import flat_arrays
 
 from vgg_jax import evaluate, predict
-from vgg_jax.configs import get_config
 from vgg_jax.data import sources
 from vgg_jax.evaluation import inference
 from vgg_jax.evaluation.protocols import PROTOCOLS
 from vgg_jax.model.vgg import create_model, model_from_config
 from vgg_jax.training import warm_start
 from vgg_jax.training.checkpoints import read_trained_variables
-from vgg_jax.training.metrics import top_k_errors
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
+from vgg_jax.training.metrics import top_k_errors
 from vgg_jax.training.steps import init_training
-
-
-def digits_config(digits_dir, **overrides):
-    """A 1/8-width VGG-A with batch norm: one epoch of 44 steps takes it to ~65% top-1 on the
-    digits (chance: 10%)."""
-    config = get_config()
-    config.update(
-        data_dir=digits_dir, model="vgg11_bn", width=1 / 8, fc_features=32, dropout_rate=0.0,
-        batch_size=32, num_epochs=1, learning_rate=0.4, lr_schedule="step", lr_step_epochs=(9,),
-        log_every_steps=20,
-    )  # fmt: skip
-    config.update(overrides)
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from training_setup import small_config
+from helpers import small_config
 
 from vgg_jax.data import pipeline, sources
-from vgg_jax.data.sources import DatasetUnavailable
 from vgg_jax.data.preprocessing import EvalPreprocessing, TrainAugmentation
+from vgg_jax.data.sources import DatasetUnavailable
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
 
 # Each class is one colour, so a decoded image shows which folder it came from.

@@ -5,11 +5,11 @@ import collections
 import jax
 import numpy as np
 import pytest
+from tfds_mocks import mocked_tfds
 
 from vgg_jax.data import pipeline, sources
 from vgg_jax.data.pipeline import AS_STORED, NO_AUGMENTATION
 from vgg_jax.data.preprocessing import EvalPreprocessing, TrainAugmentation
-from tfds_mocks import mocked_tfds
 
 AUGMENTATION = TrainAugmentation(scale=(36, 44), crop=32, flip=True, pca_sigma=0.1)
 

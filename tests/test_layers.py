@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import apply, init
 
 import vgg_jax
-from helpers import apply, init
 
 
 def lrn_numpy(a, k=2.0, n=5, alpha=1e-4, beta=0.75):

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import apply, images, init, relative_error
 
 import vgg_jax
-from helpers import apply, images, init, relative_error
 
 SMALL = dict(width=1 / 16, fc_features=32, num_classes=7)
 BN_SMALL = dict(width=1 / 16, fc_features=16, num_classes=5, dropout_rate=0.0)

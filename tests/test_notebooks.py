@@ -2,13 +2,13 @@
 are committed without outputs."""
 
 import os
-import pathlib
 
 import nbformat
 import pytest
+from helpers import ROOT
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_the_three_notebooks_are_there():

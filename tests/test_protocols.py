@@ -10,9 +10,9 @@ from helpers import images, init, relative_error
 
 import vgg_jax
 from vgg_jax.data import sources
+from vgg_jax.data.evaluation_data import rescaled_batches, rescaled_image, trim_to_bucket
 from vgg_jax.evaluation import protocols
 from vgg_jax.training.metrics import top_k_errors
-from vgg_jax.data.evaluation_data import rescaled_batches, rescaled_image, trim_to_bucket
 
 
 def small_model(size, seed=0):

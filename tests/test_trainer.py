@@ -3,22 +3,17 @@ directories, learning. Crashes, signals, resuming and two processes: test_faults
 
 import json
 import os
-import pathlib
 import re
-import subprocess
-import sys
 import types
 
 import jax
 import numpy as np
 import pytest
+from helpers import run_train_py, tiny_config
 
 from vgg_jax.training import reports as run_reports
 from vgg_jax.training.checkpoints import Checkpoints
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
-from training_setup import tiny_config
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_checkpoints_keep_the_latest_and_the_best(uninterrupted_run):
@@ -56,13 +51,6 @@ def test_batch_size_must_split_over_the_devices(digits_dir, tmp_path):
 # keep LLVM optimisation off, as conftest.py does, since their time goes into compiling.
 TRAIN_PY_ENV = {**os.environ, "XLA_FLAGS": ""}
 TINY_TRAIN_PY_ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-
-
-def run_train_py(*args, timeout=300, env=TRAIN_PY_ENV):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
-    )  # fmt: skip
 
 
 def test_train_py_learns_the_digits(digits_dir, tmp_path):

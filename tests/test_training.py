@@ -2,23 +2,27 @@
 
 import functools
 import os
-import socket
 import subprocess
 import sys
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+    TESTS,
+    flat_arrays,
+    free_port,
+    global_batches,
+    relative_error,
+    small_config,
+    small_training_setup,
+    tree_relative_error,
+)
 
 from vgg_jax.model.vgg import compute_dtype
 from vgg_jax.training import optim, steps
 from vgg_jax.training.checkpoints import Checkpoints
-from helpers import relative_error, tree_relative_error
-from training_setup import flat_arrays, global_batches, small_config, small_training_setup
-
-TESTS = pathlib.Path(__file__).resolve().parent
 
 
 @functools.cache
@@ -76,12 +80,6 @@ def test_dropout_masks_differ_between_devices_and_steps():
     at_0, _ = step(replicated, batch)
     at_7, _ = step(replicated.replace(step=replicated.step + 7), batch)
     assert tree_relative_error(at_0.params, at_7.params) > 1e-6
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_equal_one_process_with_four_devices(tmp_path):

@@ -6,7 +6,6 @@ PyTorch into a process that has loaded TensorFlow can crash it.
 """
 
 import pathlib
-
 import sys
 
 import numpy as np

@@ -57,24 +57,31 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
     """The TFDS builder of a data set, prepared (built or downloaded) on first use; a folder
     path gives a tfds.ImageFolder over it."""
     keep_tensorflow_off_accelerators()
-    if is_folder_dataset(name):
-        return image_folder(name)
-    if name in LOCAL_BUILDERS:
-        builder = LOCAL_BUILDERS[name](data_dir=data_dir)
-    else:
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as error:
-            hint = f" ({name!r} is a folder here: write ./{name} to read it)" * os.path.isdir(name)
-            raise DatasetUnavailable(
-                f"Unknown data set {name!r}: give a tensorflow-datasets name, 'digits', or the "
-                f"path of an image folder laid out as root/split/class/*.jpg{hint}."
-            ) from error
+    builder = unprepared_builder(name, data_dir)
+    if isinstance(builder, tfds.ImageFolder):
+        return builder
     try:
         builder.download_and_prepare()
     except Exception as error:
         raise DatasetUnavailable(_not_prepared_message(builder, data_dir, error)) from error
     return builder
+
+
+def unprepared_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The builder a data set name means (an image folder, one vgg_jax builds, or a
+    tensorflow-datasets name), its metadata readable, nothing downloaded or built yet."""
+    if is_folder_dataset(name):
+        return image_folder(name)
+    if name in LOCAL_BUILDERS:
+        return LOCAL_BUILDERS[name](data_dir=data_dir)
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        hint = f" ({name!r} is a folder here: write ./{name} to read it)" * os.path.isdir(name)
+        raise DatasetUnavailable(
+            f"Unknown data set {name!r}: give a tensorflow-datasets name, 'digits', or the "
+            f"path of an image folder laid out as root/split/class/*.jpg{hint}."
+        ) from error
 
 
 def _not_prepared_message(builder, data_dir: str | None, error: Exception) -> str:
@@ -152,12 +159,7 @@ def class_names(dataset: str, data_dir: str | None, num_classes: int) -> tuple[s
     if dataset.split("/")[0] == "imagenet2012" and num_classes == 1000:
         return tuple(imagenet_class_names())
     try:
-        if is_folder_dataset(dataset):
-            builder = image_folder(dataset)
-        elif dataset in LOCAL_BUILDERS:
-            builder = LOCAL_BUILDERS[dataset](data_dir=data_dir or None)
-        else:
-            builder = tfds.builder(dataset, data_dir=data_dir or None)
+        builder = unprepared_builder(dataset, data_dir or None)
         names = tuple(builder.info.features["label"].names)
         if len(names) == num_classes:
             return names

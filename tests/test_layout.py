@@ -1,0 +1,48 @@
+"""The package layout: each subpackage imports only those before it, so the model never
+depends on training code and evaluation sits on top."""
+
+import ast
+
+from helpers import ROOT
+
+LAYERS = ("model", "data", "weights", "training", "evaluation")
+
+
+def imported_subpackages(path) -> set[str]:
+    """The vgg_jax subpackages a module imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "vgg_jax" and len(parts) > 1 and parts[1] in LAYERS:
+                found.add(parts[1])
+    return found
+
+
+def test_no_subpackage_imports_one_after_it():
+    upward = []
+    for rank, layer in enumerate(LAYERS):
+        for path in sorted((ROOT / "vgg_jax" / layer).glob("*.py")):
+            later = imported_subpackages(path) & set(LAYERS[rank + 1 :])
+            upward += [f"{path.relative_to(ROOT)} imports vgg_jax.{name}" for name in sorted(later)]
+    assert not upward, upward
+    # The check sees real imports: the evaluation package does import training's checkpoints.
+    assert "training" in imported_subpackages(ROOT / "vgg_jax" / "evaluation" / "inference.py")
+
+
+def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vgg_jax; assert 'tensorflow' not in sys.modules; "
+        "print(vgg_jax.inference.from_checkpoint.__module__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "vgg_jax.evaluation.inference"
