@@ -55,7 +55,10 @@ VARIANTS = {
     "reshape_pool": Variant({"vgg_jax.model.vgg.max_pool_2x2": reshape_max_pool}),
     "relu_output_mask": Variant({"vgg_jax.model.vgg.relu": relu_output_mask}),
     "reshape_pool+relu_output_mask": Variant(
-        {"vgg_jax.model.vgg.max_pool_2x2": reshape_max_pool, "vgg_jax.model.vgg.relu": relu_output_mask}
+        {
+            "vgg_jax.model.vgg.max_pool_2x2": reshape_max_pool,
+            "vgg_jax.model.vgg.relu": relu_output_mask,
+        }
     ),
     "no_triton_gemm": Variant(xla_flags="--xla_gpu_enable_triton_gemm=false"),
     "autotune_level_2": Variant(xla_flags="--xla_gpu_autotune_level=2"),

@@ -96,8 +96,8 @@ def small_config(**overrides) -> ConfigDict:
     """A 1/16-width VGG-A for unit tests of the steps and optimiser (no data set)."""
     config = get_config()
     config.update(
-        dict(width=1 / 16, fc_features=16, dropout_rate=0.0, batch_size=8, learning_rate=0.5,
-             lr_schedule="step", num_epochs=1)
+        dict(model="vgg11", width=1 / 16, fc_features=16, dropout_rate=0.0, batch_size=8,
+             learning_rate=0.5, lr_schedule="step", num_epochs=1)
     )  # fmt: skip
     config.update(overrides)
     return config
@@ -108,8 +108,9 @@ def tiny_config(digits_dir, **overrides) -> ConfigDict:
     augmentation (scale jitter, random crop, flip, PCA lighting) so resuming must replay it."""
     config = get_config()
     config.update(
-        data_dir=digits_dir, width=1 / 16, fc_features=32, num_epochs=2, lr_schedule="paper",
-        learning_rate=0.4, log_every_steps=5, checkpoint_every_steps=10, keep_checkpoints=1,
+        data_dir=digits_dir, model="vgg11", width=1 / 16, fc_features=32, num_epochs=2,
+        lr_schedule="paper", learning_rate=0.4, log_every_steps=5, checkpoint_every_steps=10,
+        keep_checkpoints=1,
         train_scale=(32, 40), crop_size=32, random_flip=True, pca_lighting=0.1,
     )  # fmt: skip
     config.update(overrides)

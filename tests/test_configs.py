@@ -122,3 +122,18 @@ def test_cifar10_recipe_trains_through_the_real_tfds_path(tmp_path):
     assert 0.0 <= summary["best_top1_accuracy"] <= 1.0
     log = (tmp_path / "run" / "train.log").read_text()
     assert "vgg16_bn on cifar10: 16 train / 16 eval examples, 10 classes, 32x32x3 images" in log
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("seed", -1, "config.seed must be a non-negative integer, got -1."),
+        ("dtype", "float16", "config.dtype must be one of auto, float32, bfloat16; got 'float16'."),
+    ],
+)
+def test_an_invalid_seed_or_dtype_is_one_line_naming_the_field(field, value, message):
+    config = get_config()
+    config[field] = value
+    with pytest.raises(TrainingError) as raised:
+        validate_config(config)
+    assert str(raised.value) == message

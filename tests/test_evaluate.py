@@ -81,6 +81,23 @@ def test_evaluate_command_writes_the_table_and_json(trained, tmp_path, capsys):
     assert report["examples"] == 32 and len(report["results"]) == 2
     out = capsys.readouterr().out
     assert "| protocol | test scale Q | top-1 error (%) | top-5 error (%) |" in out
+    assert not list(tmp_path.glob(".results.json.*"))  # no temporary file left behind
+
+
+def test_evaluate_prints_the_table_even_when_the_results_cannot_be_written(
+    trained, tmp_path, capsys
+):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    code = evaluate.main([
+        f"--workdir={trained}", "--protocols=center", "--scales=32", "--split=test[:8]",
+        f"--output={blocked / 'evaluation.json'}",
+    ])  # fmt: skip
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "| center | 32 |" in captured.out  # the evaluation is not lost
+    assert f"error: could not write the results to {blocked}" in captured.err  # after tqdm
+    assert "Traceback" not in captured.err
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from helpers import (
 
 from vgg_jax.configs import get_config
 from vgg_jax.training.checkpoints import UNREADABLE_FOLDER
-from vgg_jax.training.loop import train_and_evaluate
+from vgg_jax.training.loop import TrainingError, train_and_evaluate
 
 
 def tiny_flags(workdir, digits_dir, **overrides) -> list[str]:
@@ -188,7 +188,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_a_good_checkpoint(
     uninterrupted_run, digits_dir, tmp_path
 ):
     shutil.copytree(uninterrupted_run[0] / "checkpoints", tmp_path / "checkpoints")
-    exploding = run_train_py(*tiny_flags(tmp_path, digits_dir, learning_rate=1e5, lr_schedule="step",
+    exploding = run_train_py(*tiny_flags(tmp_path, digits_dir, learning_rate=1e5,
+                                         lr_schedule="step",
                                checkpoint_every_steps=1, max_steps=60))  # fmt: skip
     assert exploding.returncode == 1
     message = re.search(r"error: The loss became NaN or infinite at step (\d+).*", exploding.stderr)
@@ -272,3 +273,25 @@ def test_two_processes_train_together_and_a_killed_one_stops_the_other(digits_di
     assert processes[0].returncode != 0
     assert "This most likely indicates that another task died" in err, err[-3000:]
     assert int(saved_state(tmp_path, 5)["step"]) == 5  # the joint checkpoint is whole
+
+
+def test_with_every_checkpoint_unreadable_training_refuses_to_start_over(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    shutil.copytree(uninterrupted_run[0] / "checkpoints", tmp_path / "checkpoints")
+    for file in (tmp_path / "checkpoints").rglob("*"):
+        if file.is_file() and file.stat().st_size > 0 and file.parent.name != "record":
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # truncated
+    config = tiny_config(digits_dir, max_steps=30)
+    for attempt in range(2):  # and again on the rerun, when checkpoints/ is empty
+        with pytest.raises(TrainingError) as refused:
+            train_and_evaluate(config, tmp_path)
+        assert f"the unreadable ones (steps 22, 30) are in {tmp_path / UNREADABLE_FOLDER}" in str(
+            refused.value
+        )
+        assert "Training does not start over on its own" in str(refused.value)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / UNREADABLE_FOLDER).iterdir()) == [
+        "22", "30",
+    ]  # fmt: skip
+    shutil.rmtree(tmp_path / UNREADABLE_FOLDER)  # starting over on purpose
+    assert train_and_evaluate(config, tmp_path)["finished"]

@@ -46,3 +46,6 @@ def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "vgg_jax.evaluation.inference"
+    from vgg_jax.inference import from_checkpoint  # importable by name too
+
+    assert from_checkpoint.__module__ == "vgg_jax.evaluation.inference"

@@ -1,4 +1,5 @@
-"""The paper's test protocols on real forward passes of small models (vgg_jax.evaluation.protocols), and
+"""The paper's test protocols on real forward passes of small models
+(vgg_jax.evaluation.protocols), and
 the shape-bucketed test data (vgg_jax.data.evaluation_data)."""
 
 import jax

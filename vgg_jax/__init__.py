@@ -65,8 +65,8 @@ __all__ = [
     "MODEL_NAMES",
     "PRETRAINED_WEIGHTS",
     "PROTOCOLS",
-    "LayerSpec",
     "VGG",
+    "LayerSpec",
     "center_posteriors",
     "count_params",
     "create_model",
@@ -74,8 +74,8 @@ __all__ = [
     "downsampling_factor",
     "export_torch_state_dict",
     "feature_names",
-    "layer_specs",
     "imagenet_class_names",
+    "layer_specs",
     "layer_table",
     "load_pretrained",
     "local_response_norm",
@@ -100,5 +100,5 @@ def __getattr__(name: str):
     if name == "inference":
         import importlib
 
-        return importlib.import_module("vgg_jax.evaluation.inference")
+        return importlib.import_module("vgg_jax.inference")
     raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pathlib
 import sys
+import tempfile
 from typing import Sequence
 
 from absl import logging as absl_logging
@@ -27,6 +29,15 @@ from vgg_jax.evaluation.protocols import PROTOCOLS, check_protocols, crop_size
 from vgg_jax.training.checkpoints import CheckpointNotFound
 
 __all__ = ["evaluate", "format_table", "main"]
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """`text` into `path`, which then holds either its old content or all of the new."""
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as file:
+        file.write(text)
+    os.replace(file.name, path)
 
 
 def _integers(text: str) -> list[int]:
@@ -107,8 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     default_output = pathlib.Path(args.workdir[0]) if args.workdir else pathlib.Path(".")
     output = pathlib.Path(args.output or default_output / "evaluation.json")
-    output.write_text(json.dumps(report, indent=2))
-    print(format_table(report))
+    print(format_table(report))  # before writing: a file that cannot be written loses nothing
+    try:
+        write_atomically(output, json.dumps(report, indent=2))
+    except OSError as error:
+        print(
+            f"error: could not write the results to {output} ({error.strerror or error}); the "
+            f"table above is complete. Rerun with --output=FILE in a writable folder to keep "
+            f"them as JSON.",
+            file=sys.stderr,
+        )
+        return 1
     print(f"Results written to {output}.")
     return 0
 

@@ -1,8 +1,9 @@
 """Training and evaluation data through tensorflow-datasets and tf.data.
 
-The builders come from vgg_jax.data.sources. Each process reads its own share of a split and yields NumPy batches shaped
-(local devices, per-device batch, ...) for the pmapped steps: uint8 images (normalised on the
-accelerator, vgg_jax.data.normalization), labels, and with PCA lighting each image's RGB shift.
+The builders come from vgg_jax.data.sources. Each process reads its own share of a split and
+yields NumPy batches shaped (local devices, per-device batch, ...) for the pmapped steps: uint8
+images (normalised on the accelerator, vgg_jax.data.normalization), labels, and with PCA
+lighting each image's RGB shift.
 Images stay encoded until the preprocessing decodes the part it keeps. Training batches come
 in a fixed order per (seed, epoch), so a run resumed mid-epoch sees exactly the batches an
 uninterrupted run would.

@@ -130,9 +130,12 @@ def image_folder(root: str) -> tfds.core.DatasetBuilder:
     return tfds.ImageFolder(str(path))
 
 
-def split_examples(builder, split: str) -> int:
-    """How many examples `split` holds: a split name, or a slice of one ("test[:1000]")."""
+def split_examples(builder, split: str, whole: bool = False) -> int:
+    """How many examples `split` holds: a split name, or a slice of one ("test[:1000]") unless
+    `whole` (training reads whole splits)."""
     try:
+        if whole and split not in builder.info.splits:
+            raise KeyError(split)
         return builder.info.splits[split].num_examples
     except (KeyError, ValueError):
         raise DatasetUnavailable(
@@ -148,8 +151,8 @@ def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
         name=builder.name,
         num_classes=features["label"].num_classes,
         image_shape=tuple(features["image"].shape),
-        train_examples=split_examples(builder, train_split),
-        eval_examples=split_examples(builder, eval_split),
+        train_examples=split_examples(builder, train_split, whole=True),
+        eval_examples=split_examples(builder, eval_split, whole=True),
     )
 
 

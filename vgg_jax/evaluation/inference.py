@@ -1,7 +1,7 @@
 """Trained classifiers ready to use, from a train.py work directory or from pretrained weights.
 
-    classifier = vgg_jax.evaluation.inference.from_checkpoint("runs/default")          # latest checkpoint
-    classifier = vgg_jax.evaluation.inference.from_weights("vgg16.tv_in1k")            # published weights
+    classifier = vgg_jax.inference.from_checkpoint("runs/default")          # latest checkpoint
+    classifier = vgg_jax.inference.from_weights("vgg16.tv_in1k")            # published weights
     logits = classifier.model.apply(classifier.variables, classifier.preprocess(uint8_images))
 
 A Classifier carries what inference needs besides the network: the preprocessing its weights

@@ -11,8 +11,9 @@ softmax averaged over the views the protocol looks at.
 - dense+multi_crop: the average of the two.
 
 Multi-scale evaluation and ensembles average these posteriors again, across scales and models
-(vgg_jax.evaluate). The crop is the classic head's input size: FC6's window times the net's
-downsampling (224 for a model initialised at 224x224).
+(vgg_jax.evaluation.evaluate). The crop is the classic head's input size: FC6's window times
+the net's downsampling (224 for a model initialised at 224x224). `posterior_function` jits
+them, with the preprocessing that turns uint8 images into model input, for the commands.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def resolve_config(config: str) -> str:
         raise ValueError(
             f"Unknown VGG configuration {config!r}. Valid configurations are "
             f"{', '.join(CONFIGS)} (the paper's Table 1), or the model names "
-            f"{', '.join(MODEL_NAMES)}; any of them + '_bn' adds batch norm."
+            f"{', '.join(MODEL_NAMES)}."
         )
     return key
 

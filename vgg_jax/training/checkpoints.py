@@ -31,7 +31,7 @@ def _best_metric(metrics: dict) -> float:
 
 
 def best_rank(metrics: dict, step: int) -> tuple[float, int]:
-    """What "best" means everywhere (the trainer's summary, --checkpoint=best and which
+    """What "best" means everywhere (the run's summary, --checkpoint=best and which
     checkpoint is kept): the highest validation top-1, and of equals the latest step. Orbax's
     BestN keeps that one too: it sorts by the metric alone, stably, in step order."""
     return (_best_metric(metrics), step)
@@ -77,7 +77,14 @@ class Checkpoints:
             ),
             cleanup_tmp_directories=not read_only,  # what a crash mid-save left behind
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax warns (through absl) that a read-only folder is read-only: that is the point.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR if read_only else level)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_logger.setLevel(level)
         self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
 
     def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
@@ -138,22 +145,34 @@ class Checkpoints:
         """(step, read(step), record) of the first of `steps` whose record and arrays can be
         read; None if none can. Each unreadable one is reported, and with `set_aside` moved to
         ../unreadable_checkpoints/. Errors of `check_record` are not caught."""
-        for step in steps:
+        steps = list(steps)
+        for index, step in enumerate(steps):
+            last = index == len(steps) - 1
             try:
                 record = self.record(step)
             except Exception as error:  # orbax raises many types for a damaged checkpoint
-                self._unreadable(step, error, set_aside)
+                self._unreadable(step, error, set_aside, last)
                 continue
             check_record(record)
             try:
                 return step, read(step), record
             except Exception as error:
-                self._unreadable(step, error, set_aside)
+                self._unreadable(step, error, set_aside, last)
         return None
 
-    def _unreadable(self, step: int, error: Exception, set_aside: bool) -> None:
+    def set_aside_steps(self) -> list[int]:
+        """Steps of the checkpoints moved to ../unreadable_checkpoints/, by this run or before."""
+        aside = self.directory.parent / UNREADABLE_FOLDER
+        names = [path.name for path in aside.iterdir()] if aside.is_dir() else []
+        steps = {int(name.split("-")[0]) for name in names if name.split("-")[0].isdigit()}
+        # Those this process found itself count even before process 0 has moved them.
+        return sorted(steps | set(self.unreadable))
+
+    def _unreadable(self, step: int, error: Exception, set_aside: bool, last: bool) -> None:
         self.unreadable[step] = error
         detail = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+        if not set_aside and last:
+            return  # nothing before it to try: the caller says what went wrong
         if not set_aside:
             _logger.warning(
                 "Checkpoint at step %d in %s is unreadable (%s); trying the one before.",

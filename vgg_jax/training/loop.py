@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from vgg_jax.data import pipeline, sources
 from vgg_jax.model.costs import training_flops_per_image
-from vgg_jax.model.vgg import model_from_config
+from vgg_jax.model.vgg import COMPUTE_DTYPES, model_from_config
 from vgg_jax.training import optim, warm_start
 from vgg_jax.training.checkpoints import (
+    UNREADABLE_FOLDER,
     CheckpointNotFound,
     Checkpoints,
     best_rank,
@@ -71,8 +72,14 @@ def validate_config(config) -> None:
         pipeline.local_batch_size(config.batch_size)
     except ValueError as error:
         raise TrainingError(f"config.{error}") from None
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+        raise TrainingError(f"config.seed must be a non-negative integer, got {config.seed!r}.")
+    if config.dtype not in ("auto", *COMPUTE_DTYPES):
+        raise TrainingError(
+            f"config.dtype must be one of auto, {', '.join(COMPUTE_DTYPES)}; got {config.dtype!r}."
+        )
     try:
-        model_from_config(config, num_classes=1)  # the model's own checks, and the dtype's
+        model_from_config(config, num_classes=1)  # the model's own checks
     except (ValueError, TypeError) as error:
         raise TrainingError(str(error)) from None
     if config.init_layers not in warm_start.INIT_LAYERS:
@@ -167,6 +174,8 @@ def set_up(run: Run) -> None:
     if restored is not None:
         state, run.record = restored
         logger.info("Resumed from step %d in %s.", int(state.step), run.checkpoints.directory)
+    elif run.checkpoints.set_aside_steps():
+        raise TrainingError(refusal_to_start_over(run.checkpoints))
     elif config.init_from:
         state = start_from_run(config, state)
     run.step, run.plateau = int(state.step), state.plateau
@@ -190,6 +199,16 @@ def set_up(run: Run) -> None:
         flops_per_image=training_flops_per_image(model, run.input_shape),
         peak_flops=peak * jax.device_count() if peak else None, started=run.started,
     )  # fmt: skip
+
+
+def refusal_to_start_over(checkpoints: Checkpoints) -> str:
+    aside = checkpoints.directory.parent / UNREADABLE_FOLDER
+    steps = ", ".join(map(str, checkpoints.set_aside_steps()))
+    return (
+        f"No readable checkpoint in {checkpoints.directory}: the unreadable ones (steps "
+        f"{steps}) are in {aside}. Training does not start over on its own; to start from "
+        f"step 0 on purpose, delete {aside}, or use another --workdir."
+    )
 
 
 def check_same_architecture(run: Run, record: dict) -> None:

@@ -140,6 +140,11 @@ def eval_step(state: TrainState, batch: dict, *, model: VGG) -> dict:
 
 def pmapped_steps(setup: TrainingSetup):
     """(p_train_step, p_eval_step): the steps under pmap; the train state's buffers donated."""
+    if setup.model.batch_norm and setup.model.axis_name != AXIS_NAME:
+        raise ValueError(
+            f"Build the model with axis_name={AXIS_NAME!r} (init_training does) so BatchNorm "
+            f"statistics are averaged across devices."
+        )
     p_train_step = jax.pmap(
         functools.partial(train_step, setup=setup),
         axis_name=AXIS_NAME,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import run_train_py, tiny_config
 
-from vgg_jax.training import reports as run_reports
+from vgg_jax.training import reports
 from vgg_jax.training.checkpoints import Checkpoints
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
 
@@ -53,27 +53,31 @@ TRAIN_PY_ENV = {**os.environ, "XLA_FLAGS": ""}
 TINY_TRAIN_PY_ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
-def test_train_py_learns_the_digits(digits_dir, tmp_path):
+def test_the_default_run_reaches_98_percent_without_collapsing(digits_dir, tmp_path):
+    """`python train.py` as the README gives it (the digits built beforehand): the recipe
+    must hold on any machine, so its bar is the lowest top-1 of the README's spread, not of
+    one lucky run."""
     env = {k: v for k, v in TRAIN_PY_ENV.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    result = run_train_py(
-        f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.num_epochs=3",
-        env=env,
-    )  # fmt: skip
+    result = run_train_py(f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["finished"] and summary["best_top1_accuracy"] > 0.5  # chance is 0.1
+    log = (tmp_path / "train.log").read_text()
+    evaluations = re.findall(r"epoch \d+, step \d+: eval loss [\d.]+, top-1 ([\d.]+)%", log)
+    top1 = [float(t) for t in evaluations]
+    assert len(top1) == 12 and summary["finished"]
+    assert top1[-1] >= 98.0, top1  # the final model, not only the best epoch
+    assert max(before - after for before, after in zip(top1, top1[1:])) <= 10.0, top1
     assert "Best evaluation" in result.stdout and "wall time" in result.stdout
     assert 0 < summary["seconds_to_first_step"] < summary["wall_time_seconds"]
     assert "(first step after" in result.stdout
     # The compiled steps are kept in the work directory for a rerun.
     assert any((tmp_path / "compilation_cache").iterdir())
-    assert "epoch 3/3" in result.stderr  # the progress bar
+    assert "epoch 12/12" in result.stderr  # the progress bar
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    log = (tmp_path / "train.log").read_text()
-    assert "epoch 3, step 66: eval loss" in log
+    assert "epoch 12, step 264: eval loss" in log
     assert re.search(r"first training step done [\d.]+ s after the start", log)
     assert re.search(
-        r"step 60: loss [\d.]+, top-1 [\d.]+%, lr [\d.e-]+, \d+ images/s, [\d.e-]+ TFLOP/s", log
+        r"step 260: loss [\d.]+, top-1 [\d.]+%, lr [\d.e-]+, \d+ images/s, [\d.e-]+ TFLOP/s", log
     )
 
 
@@ -101,8 +105,8 @@ def test_train_py_says_batch_norm_is_chosen_by_the_model_name(tmp_path):
 def test_the_first_step_is_reported_alone_and_left_out_of_images_per_second(monkeypatch):
     clock = {"now": 100.0}
     now = lambda: clock["now"]  # noqa: E731
-    monkeypatch.setattr(run_reports, "time", types.SimpleNamespace(perf_counter=now, time=now))
-    log = run_reports.TrainLog(None, batch_size=8, checkpoints=None, started=90.0)
+    monkeypatch.setattr(reports, "time", types.SimpleNamespace(perf_counter=now, time=now))
+    log = reports.TrainLog(None, batch_size=8, checkpoints=None, started=90.0)
     metrics = {"loss": np.ones(1), "top1_accuracy": np.ones(1)}  # one device's
     clock["now"] = 130.0  # the first step compiles for 30 s
     log.add(metrics)
@@ -117,7 +121,7 @@ def test_the_first_step_is_reported_alone_and_left_out_of_images_per_second(monk
     assert log.flush(step=7, learning_rate=0.1)["images_per_second"] == 2 * 8 / 2.0
     assert log.first_step_seconds == 40.0
 
-    alone = run_reports.TrainLog(None, batch_size=8, checkpoints=None, started=100.0)
+    alone = reports.TrainLog(None, batch_size=8, checkpoints=None, started=100.0)
     clock["now"] += 30.0
     alone.add(metrics)  # a flush after the first step only: it is all there is to time
     assert alone.flush(step=1, learning_rate=0.1)["images_per_second"] == 8 / 30.0
