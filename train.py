@@ -67,8 +67,9 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    # Imported once the flags are read: TensorFlow (under the input pipeline) takes ~10 s to
-    # import, and a mistyped flag or config key should not wait for it.
+    config = checked_config_or_exit(FLAGS.workdir)
+    # Imported once the config is checked: TensorFlow (under the input pipeline) takes ~10 s to
+    # import, and a mistyped flag or config value should not wait for it.
     import jax
 
     from vgg_jax.training.loop import TrainingError, train_and_evaluate
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> None:
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
     try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        summary = train_and_evaluate(config, FLAGS.workdir)
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -93,6 +94,28 @@ def main(argv: list[str]) -> None:
         print(format_summary(summary))
     if summary["interrupted_by"]:
         sys.exit(128 + signal.Signals[summary["interrupted_by"]].value)
+
+
+def checked_config_or_exit(workdir: str):
+    """The configuration, every field checked (vgg_jax.training.config_checks), and a workdir
+    that can be one; otherwise a one-line error, with nothing imported or written yet."""
+    try:
+        config = FLAGS.config
+        "model" in config  # noqa: B015 (ml_collections defers a file's load error to a read)
+    except OSError:
+        files = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--config=")]
+        path = files[-1].split(":")[0] if files else str(DEFAULT_CONFIG)
+        why = "no such file" if not os.path.isfile(path) else "it failed to load (see above)"
+        sys.exit(f"error: cannot read the configuration file {path}: {why}.")
+    from vgg_jax.training.config_checks import ConfigError, check_config
+
+    try:
+        check_config(config)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    if pathlib.Path(workdir).exists() and not pathlib.Path(workdir).is_dir():
+        sys.exit(f"error: --workdir={workdir} is a file; give a folder (it is created if missing).")
+    return config
 
 
 def use_compilation_cache(directory: str | None, workdir: str) -> None:

@@ -65,7 +65,10 @@ def run_once(
 
 def prepared_digits(data_dir: str) -> None:
     """Builds the digits once, so that no run's time includes it."""
-    code = "import sys; from vgg_jax.data.sources import get_builder; get_builder('digits', sys.argv[1])"
+    code = (
+        "import sys; from vgg_jax.data.sources import get_builder; "
+        "get_builder('digits', sys.argv[1])"
+    )
     subprocess.run([sys.executable, "-c", code, data_dir], check=True, capture_output=True)
 
 
@@ -98,10 +101,13 @@ def main() -> None:
               flush=True)  # fmt: skip
     finals = [row["final_top1"] for row in rows if "final_top1" in row]
     if finals:
-        print(f"final top-1: min {min(finals):.2f}, max {max(finals):.2f} over {len(finals)} runs; "
-              f"largest drop {max(row['largest_drop'] for row in rows if 'largest_drop' in row):.2f}")  # fmt: skip
+        drop = max(row["largest_drop"] for row in rows if "largest_drop" in row)
+        print(f"final top-1: min {min(finals):.2f}, max {max(finals):.2f} over {len(finals)} "
+              f"runs; largest drop {drop:.2f}")  # fmt: skip
     if args.output:
-        pathlib.Path(args.output).write_text(json.dumps({"overrides": args.set, "rows": rows}, indent=2))
+        pathlib.Path(args.output).write_text(
+            json.dumps({"overrides": args.set, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

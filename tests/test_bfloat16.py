@@ -44,11 +44,16 @@ def one_step(model_name: str, dtype: str):
 
 
 def variables(state) -> dict:
-    return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+    return {
+        "params": state.params,
+        **({"batch_stats": state.batch_stats} if state.batch_stats else {}),
+    }
 
 
 def flat(tree) -> np.ndarray:
-    return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(tree)])
+    return np.concatenate(
+        [np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(tree)]
+    )
 
 
 @pytest.mark.parametrize("model_name", ["vgg11_bn", "vgg11_lrn"])
@@ -57,7 +62,9 @@ def test_bfloat16_train_and_eval_steps_match_float32(model_name):
     start32, new32, metrics32, sums32, _ = one_step(model_name, "float32")
     assert model16.dtype == jnp.bfloat16
     assert np.isfinite(metrics16["loss"]) and np.all(np.isfinite(flat(new16.params)))
-    assert abs(float(metrics16["loss"]) - float(metrics32["loss"])) < 0.03 * float(metrics32["loss"])
+    assert abs(float(metrics16["loss"]) - float(metrics32["loss"])) < 0.03 * float(
+        metrics32["loss"]
+    )
     update16 = flat(new16.params) - flat(start16.params)
     update32 = flat(new32.params) - flat(start32.params)
     cosine = update16 @ update32 / np.linalg.norm(update16) / np.linalg.norm(update32)

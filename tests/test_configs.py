@@ -137,3 +137,18 @@ def test_an_invalid_seed_or_dtype_is_one_line_naming_the_field(field, value, mes
     with pytest.raises(TrainingError) as raised:
         validate_config(config)
     assert str(raised.value) == message
+
+
+def test_the_config_check_starts_no_jax_backend():
+    """train.py checks the config before jax.distributed.initialize, which must come first."""
+    import subprocess
+    import sys
+
+    code = (
+        "from jax._src import xla_bridge; from vgg_jax.configs import get_config; "
+        "from vgg_jax.training.config_checks import check_config; check_config(get_config()); "
+        "print(xla_bridge.backends_are_initialized())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

@@ -195,6 +195,10 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_a_good_checkpoint(
     message = re.search(r"error: The loss became NaN or infinite at step (\d+).*", exploding.stderr)
     assert message, exploding.stderr[-3000:]
     assert "the last good checkpoint (step" in message[0]
+    assert f"ERROR Stopped: {message[0].removeprefix('error: ')}" in (
+        tmp_path / "train.log"
+    ).read_text()  # in the log as well, which the console's one line does not repeat
+    assert "Traceback" not in exploding.stderr
     state = saved_state(tmp_path)
     assert 30 <= int(state["step"]) < int(message[1])
     assert all(np.all(np.isfinite(a)) for a in flat_arrays(state["params"]).values())

@@ -35,6 +35,10 @@ def test_a_workdir_of_another_configuration_is_refused(uninterrupted_run, digits
     with pytest.raises(TrainingError, match=r"another configuration \(width: checkpoint 0.0625"):
         train_and_evaluate(tiny_config(digits_dir, width=0.125), workdir)
     assert sorted(os.listdir(workdir / "checkpoints")) == before
+    # The refusal is in train.log too, with the traceback for debugging.
+    log = (workdir / "train.log").read_text()
+    assert "ERROR Stopped: " in log and "holds checkpoints of another configuration" in log
+    assert "Traceback (most recent call last)" in log
 
 
 def test_batch_size_must_split_over_the_devices(digits_dir, tmp_path):
@@ -92,6 +96,39 @@ def test_train_py_rejects_an_unknown_config_key_in_one_line(config, tmp_path):
     assert 'Did you mean "learning_rate"' in result.stderr  # ml_collections' suggestion
     assert "Traceback" not in result.stderr
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.model=vgg17", "config.model: Unknown VGG configuration 'vgg17'"),
+        ("--config.dropout_rate=1.5", "config.dropout_rate must be in [0, 1), got 1.5."),
+        ("--config.width=0", "config.width must be a positive multiplier, got 0.0."),
+        ("--config.keep_checkpoints=0", "config.keep_checkpoints must be a positive integer"),
+        ("--config.crop_size=-8", "config.crop_size must be a non-negative integer"),
+        ("--config.learning_rate=-0.1", "config.learning_rate must be a non-negative number"),
+        ("--config.weight_decay=-1", "config.weight_decay must be a non-negative number"),
+        ("--config.max_steps=-5", "config.max_steps must be a non-negative integer"),
+        ("--config.train_scale=(40, 32)", "config.train_scale must be () or (S_min, S_max)"),
+        ("--config=missing.py", "cannot read the configuration file missing.py: no such file."),
+    ],
+)
+def test_train_py_refuses_a_bad_config_in_one_line_writing_nothing(flag, message, tmp_path):
+    workdir = tmp_path / "run"
+    result = run_train_py(f"--workdir={workdir}", flag, timeout=120, env=TINY_TRAIN_PY_ENV)
+    assert result.returncode == 1
+    noise = ("I0000", "WARNING: All log messages")  # TensorFlow's C++ start-up lines, if any
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(noise)]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
+    assert not workdir.exists()
+
+
+def test_train_py_refuses_a_workdir_that_is_a_file(tmp_path):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    result = run_train_py(f"--workdir={file}", timeout=120, env=TINY_TRAIN_PY_ENV)
+    assert result.returncode == 1
+    assert f"error: --workdir={file} is a file; give a folder" in result.stderr
 
 
 def test_train_py_says_batch_norm_is_chosen_by_the_model_name(tmp_path):

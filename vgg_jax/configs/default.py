@@ -9,9 +9,9 @@ def get_config() -> ConfigDict:
     # Model: any name or paper letter of vgg_jax.create_model; "_bn" at the end adds batch
     # norm after every conv ("vgg16_bn", "vgg11_bn", "A-LRN_bn").
     # Configuration A with batch norm, and (below) a rate of 0.1 warmed up over 2 epochs: the
-    # plain net at 0.2 ended anywhere from 88.6% to 99.2% depending on float rounding (CPU,
-    # dtype, XLA flags), and at 0.2 even batch norm's evaluations dipped 14 points at epoch 3
-    # on one seed. benchmarks/recipe_sweep.py runs the matrix this recipe holds on.
+    # plain net at 0.2 ended at 88.6-98.6% depending on float rounding (dtype, XLA flags), and
+    # at 0.2 even batch norm's evaluations dipped 14 points at epoch 3 on one seed.
+    # benchmarks/recipe_sweep.py runs the matrix this recipe holds on (README: Reproducibility).
     config.model = "vgg11_bn"
     config.width = 0.25  # conv widths 16, 32, 64, 128, 128
     config.fc_features = 256

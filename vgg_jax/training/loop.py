@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from vgg_jax.data import pipeline, sources
 from vgg_jax.model.costs import training_flops_per_image
-from vgg_jax.model.vgg import COMPUTE_DTYPES, model_from_config
-from vgg_jax.training import optim, warm_start
+from vgg_jax.model.vgg import model_from_config
+from vgg_jax.training import warm_start
 from vgg_jax.training.checkpoints import (
     UNREADABLE_FOLDER,
     CheckpointNotFound,
@@ -37,11 +37,13 @@ from vgg_jax.training.checkpoints import (
     best_rank,
     read_trained_variables,
 )
+from vgg_jax.training.config_checks import check_config
 from vgg_jax.training.reports import (
     TrainingError,
     TrainLog,
     disk_full_message,
     is_disk_full,
+    log_fatal,
     logger,
     nan_message,
     peak_bf16_flops,
@@ -59,34 +61,16 @@ ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", 
 
 
 def validate_config(config) -> None:
-    """Rejects a config that cannot work, before any data is read or anything compiled."""
-    if config.lr_schedule not in optim.SCHEDULES:
-        raise TrainingError(
-            f"Unknown lr_schedule {config.lr_schedule!r}; choose one of "
-            f"{', '.join(optim.SCHEDULES)}."
-        )
-    for key in ("batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise TrainingError(f"config.{key} must be a positive integer, got {config[key]!r}.")
+    """Rejects a config that cannot work, before any data is read or anything compiled: every
+    field (config_checks), then the batch's split over this run's devices."""
     try:
+        check_config(config)
         pipeline.local_batch_size(config.batch_size)
     except ValueError as error:
-        raise TrainingError(f"config.{error}") from None
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
-        raise TrainingError(f"config.seed must be a non-negative integer, got {config.seed!r}.")
-    if config.dtype not in ("auto", *COMPUTE_DTYPES):
+        message = str(error)
         raise TrainingError(
-            f"config.dtype must be one of auto, {', '.join(COMPUTE_DTYPES)}; got {config.dtype!r}."
-        )
-    try:
-        model_from_config(config, num_classes=1)  # the model's own checks
-    except (ValueError, TypeError) as error:
-        raise TrainingError(str(error)) from None
-    if config.init_layers not in warm_start.INIT_LAYERS:
-        raise TrainingError(
-            f"Unknown init_layers {config.init_layers!r}; choose one of "
-            f"{', '.join(warm_start.INIT_LAYERS)}."
-        )
+            message if message.startswith("config") else f"config.{message}"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -137,8 +121,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         return finish(run, stop["signal"])
     except Exception as error:
         failed = True
-        if is_disk_full(error):
+        if is_disk_full(error):  # train.log cannot take more either
             raise TrainingError(disk_full_message(run.workdir, run.checkpoints, error)) from None
+        log_fatal(str(error), error)
         raise
     finally:
         close(run, failed)

@@ -53,9 +53,16 @@ def setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler]
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     to_console = logging.StreamHandler()
     to_console.setFormatter(logging.Formatter("%(message)s"))
+    to_console.addFilter(lambda record: not getattr(record, "file_only", False))
     for handler in (to_file, to_console):
         logger.addHandler(handler)
     return [to_file, to_console]
+
+
+def log_fatal(message: str, error: BaseException) -> None:
+    """The message a run stops with, and the traceback behind it, into train.log only: the
+    console gets the message once, from train.py, without the traceback."""
+    logger.error("Stopped: %s", message, exc_info=error, extra={"file_only": True})
 
 
 class TrainLog:
