@@ -29,7 +29,11 @@ from helpers import (
 )
 
 from vgg_jax.configs import get_config
-from vgg_jax.training.checkpoints import UNREADABLE_FOLDER
+from vgg_jax.training.checkpoints import (
+    UNREADABLE_FOLDER,
+    CheckpointNotFound,
+    read_trained_variables,
+)
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
 
 
@@ -194,7 +198,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_a_good_checkpoint(
     assert exploding.returncode == 1
     message = re.search(r"error: The loss became NaN or infinite at step (\d+).*", exploding.stderr)
     assert message, exploding.stderr[-3000:]
-    assert "the last good checkpoint (step" in message[0]
+    assert "the last checkpoint, saved at step" in message[0]
     assert f"ERROR Stopped: {message[0].removeprefix('error: ')}" in (
         tmp_path / "train.log"
     ).read_text()  # in the log as well, which the console's one line does not repeat
@@ -299,3 +303,26 @@ def test_with_every_checkpoint_unreadable_training_refuses_to_start_over(
     ]  # fmt: skip
     shutil.rmtree(tmp_path / UNREADABLE_FOLDER)  # starting over on purpose
     assert train_and_evaluate(config, tmp_path)["finished"]
+
+
+def test_a_checkpoint_whose_values_changed_is_found_and_the_previous_one_used(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    """Files that still decode but hold other values (step 22's arrays under step 30's record:
+    what silent damage looks like to orbax) fail the record's digest, for readers and for
+    training alike."""
+    reference = uninterrupted_run[0]
+    shutil.copytree(reference / "checkpoints", tmp_path / "checkpoints")
+    damaged = tmp_path / "checkpoints" / "30" / "state"
+    shutil.rmtree(damaged)
+    shutil.copytree(tmp_path / "checkpoints" / "22" / "state", damaged)
+    with pytest.raises(CheckpointNotFound, match="at step 30 .* differ from what was saved"):
+        read_trained_variables(tmp_path, 30)
+    _, _, step = read_trained_variables(tmp_path)  # "latest" falls back, with a warning
+    assert step == 22
+    summary = train_and_evaluate(tiny_config(digits_dir, max_steps=30), tmp_path)
+    assert summary["finished"]
+    log = (tmp_path / "train.log").read_text()
+    assert "Checkpoint at step 30" in log and "CorruptCheckpoint" in log
+    assert "Resumed from step 22" in log
+    assert_same_params(tmp_path, reference)  # steps 23-30 replayed exactly

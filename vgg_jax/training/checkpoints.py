@@ -9,6 +9,7 @@ validation metrics.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pathlib
 import shutil
@@ -16,6 +17,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
@@ -37,6 +39,17 @@ def best_rank(metrics: dict, step: int) -> tuple[float, int]:
     return (_best_metric(metrics), step)
 
 
+def verify(state: Any, record: dict, step: int) -> None:
+    """Raises CorruptCheckpoint unless `state` is what was saved at `step` (checkpoints saved
+    before digests were kept pass unchecked)."""
+    expected = record.get("state_digest")
+    if expected is not None and state_digest(state) != expected:
+        raise CorruptCheckpoint(
+            f"its arrays differ from what was saved at step {step} (digest mismatch): the "
+            f"files were damaged after they were written"
+        )
+
+
 def upgraded_record(record: dict) -> dict:
     """A checkpoint's record in today's terms. Runs saved before batch norm was chosen by the
     model name alone have config.batch_norm; it becomes the name's "_bn"."""
@@ -47,6 +60,25 @@ def upgraded_record(record: dict) -> dict:
             config["model"] = f"{config['model']}{BATCH_NORM_SUFFIX}"
         record = {**record, "config": config}
     return record
+
+
+def state_digest(state: Any) -> str:
+    """A BLAKE2 digest of every array in `state`: a train state, or the nested dicts and lists
+    it is read back as without a target. Each array is hashed with its dtype and shape, and the
+    sorted hashes hashed again, so the digest does not depend on how the containers are named.
+    Orbax's files carry no checksum of the values: this, kept in the checkpoint's record, is
+    what tells a damaged checkpoint from a good one."""
+    hashes = []
+    for leaf in jax.tree.leaves(jax.device_get(state)):
+        leaf = np.ascontiguousarray(leaf)
+        digest = hashlib.blake2b(f"{leaf.dtype.str}:{leaf.shape};".encode(), digest_size=32)
+        digest.update(leaf.tobytes())
+        hashes.append(digest.digest())
+    return hashlib.blake2b(b"".join(sorted(hashes)), digest_size=32).hexdigest()
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose arrays read back differ from what was saved."""
 
 
 class CheckpointNotFound(ValueError):
@@ -88,7 +120,9 @@ class Checkpoints:
         self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
 
     def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
-        """Saves `state` (host arrays) at `step`; `metrics` rank it for 'best'."""
+        """Saves `state` (host arrays) at `step`, its digest in the record; `metrics` rank it
+        for 'best'."""
+        record = {**record, "state_digest": state_digest(state)}
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -155,7 +189,9 @@ class Checkpoints:
                 continue
             check_record(record)
             try:
-                return step, read(step), record
+                state = read(step)
+                verify(state, record, step)
+                return step, state, record
             except Exception as error:
                 self._unreadable(step, error, set_aside, last)
         return None

@@ -156,7 +156,8 @@ def report_evaluation(writer, step: int, epoch: int, metrics: dict, learning_rat
 def nan_message(step: int, checkpoints: Checkpoints) -> str:
     steps = checkpoints.steps()
     kept = (
-        f"the last good checkpoint (step {steps[-1]}) in {checkpoints.directory} is intact"
+        f"the last checkpoint, saved at step {steps[-1]} in {checkpoints.directory}, holds "
+        f"finite values (saves refuse NaN) and is checked against its digest when read"
         if steps
         else "no checkpoint had been written yet"
     )
