@@ -39,17 +39,6 @@ def best_rank(metrics: dict, step: int) -> tuple[float, int]:
     return (_best_metric(metrics), step)
 
 
-def verify(state: Any, record: dict, step: int) -> None:
-    """Raises CorruptCheckpoint unless `state` is what was saved at `step` (checkpoints saved
-    before digests were kept pass unchecked)."""
-    expected = record.get("state_digest")
-    if expected is not None and state_digest(state) != expected:
-        raise CorruptCheckpoint(
-            f"its arrays differ from what was saved at step {step} (digest mismatch): the "
-            f"files were damaged after they were written"
-        )
-
-
 def upgraded_record(record: dict) -> dict:
     """A checkpoint's record in today's terms. Runs saved before batch norm was chosen by the
     model name alone have config.batch_norm; it becomes the name's "_bn"."""
@@ -79,6 +68,17 @@ def state_digest(state: Any) -> str:
 
 class CorruptCheckpoint(ValueError):
     """A checkpoint whose arrays read back differ from what was saved."""
+
+
+def verify(state: Any, record: dict, step: int) -> None:
+    """Raises CorruptCheckpoint unless `state` is what was saved at `step` (checkpoints saved
+    before digests were kept pass unchecked)."""
+    expected = record.get("state_digest")
+    if expected is not None and state_digest(state) != expected:
+        raise CorruptCheckpoint(
+            f"its arrays differ from what was saved at step {step} (digest mismatch): the "
+            f"files were damaged after they were written"
+        )
 
 
 class CheckpointNotFound(ValueError):
@@ -163,7 +163,7 @@ class Checkpoints:
         """
         found = self.first_readable(
             reversed(self.steps()),
-            lambda step: self.restore(step, target)[0],
+            lambda step: self.restore_arrays(step, target),
             check_record,
             set_aside=True,
         )
@@ -228,10 +228,11 @@ class Checkpoints:
             shutil.move(str(self.directory / str(step)), str(aside))
         self.manager.reload()
 
-    def restore_arrays(self, step: int) -> dict:
-        """The state saved at `step` as nested dicts of NumPy arrays, whatever its shapes."""
+    def restore_arrays(self, step: int, target: Any = None) -> Any:
+        """The state saved at `step`, without its record: shaped like `target`, or without one
+        as nested dicts of NumPy arrays, whatever its shapes."""
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         )
         return restored.state
 

@@ -37,7 +37,7 @@ from vgg_jax.training.checkpoints import (
     best_rank,
     read_trained_variables,
 )
-from vgg_jax.training.config_checks import check_config
+from vgg_jax.training.config_checks import ConfigError, check_config
 from vgg_jax.training.reports import (
     TrainingError,
     TrainLog,
@@ -65,12 +65,12 @@ def validate_config(config) -> None:
     field (config_checks), then the batch's split over this run's devices."""
     try:
         check_config(config)
+    except ConfigError as error:
+        raise TrainingError(str(error)) from None
+    try:
         pipeline.local_batch_size(config.batch_size)
     except ValueError as error:
-        message = str(error)
-        raise TrainingError(
-            message if message.startswith("config") else f"config.{message}"
-        ) from None
+        raise TrainingError(f"config.{error}") from None
 
 
 @dataclasses.dataclass
