@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
     # import, and a mistyped flag or config value should not wait for it.
     import jax
 
-    from vgg_jax.training.loop import TrainingError, train_and_evaluate
+    from vgg_jax.training.loop import INTERRUPTED_TWICE, TrainingError, train_and_evaluate
 
     use_compilation_cache(FLAGS.compilation_cache_dir, FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # orbax and tfds report every file at INFO
@@ -90,6 +90,9 @@ def main(argv: list[str]) -> None:
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED_TWICE}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT.value)
     if jax.process_index() == 0:
         print(format_summary(summary))
     if summary["interrupted_by"]:

@@ -117,20 +117,22 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(
     assert_same_params(tmp_path, uninterrupted_run[0])
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(digits_dir, tmp_path):
-    long_run = {"max_steps": 10_000, "num_epochs": 1000, "checkpoint_every_steps": 1000}
-    process = start_train_py(*tiny_flags(tmp_path, digits_dir, **long_run))
-    wait_until(lambda: max(logged_steps(tmp_path) or [0]) >= 25, process, what="step 25")
+def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    process = start_train_py(*tiny_flags(tmp_path, digits_dir))
+    wait_until(lambda: max(logged_steps(tmp_path) or [0]) >= 12, process, what="step 12")
     process.send_signal(signal.SIGTERM)  # how clusters preempt
     out, err = process.communicate(timeout=120)
     # 143 (128 + SIGTERM): schedulers read a signal's exit code as "preempted, retry".
     assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err
     stopped_at = int(re.search(r"Stopped by SIGTERM at step (\d+); a checkpoint is saved", out)[1])
-    assert stopped_at >= 25 and committed_steps(tmp_path)[-1] == stopped_at
-    config = tiny_config(digits_dir, **{**long_run, "max_steps": stopped_at + 3})
-    assert train_and_evaluate(config, tmp_path)["step"] == stopped_at + 3
+    assert 12 <= stopped_at < 30 and committed_steps(tmp_path)[-1] == stopped_at
+    summary = train_and_evaluate(tiny_config(digits_dir, max_steps=30), tmp_path)
+    assert summary["finished"]
     assert f"Resumed from step {stopped_at}" in (tmp_path / "train.log").read_text()
+    assert_same_params(tmp_path, uninterrupted_run[0])  # the preemption changed nothing
 
 
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(
@@ -179,7 +181,8 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_previous_checkpoint(
         assert process.returncode == 1, err[-3000:]
         assert "error: No space left on device while writing to" in err, err[-3000:]
         assert "the last complete checkpoint, at step 10, is intact" in err
-        # (orbax's writer threads print their own tracebacks first; ours is the message above)
+        assert "Traceback" not in err, err[-3000:]  # orbax's own reports went to train.log
+        assert "RESOURCE_EXHAUSTED" in (workdir / "train.log").read_text()
         assert committed_steps(workdir) == [10]
         state = saved_state(workdir)  # restorable
         assert int(state["step"]) == 10
@@ -208,20 +211,21 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_a_good_checkpoint(
     assert all(np.all(np.isfinite(a)) for a in flat_arrays(state["params"]).values())
 
 
-def test_bad_images_mid_epoch_are_skipped_counted_and_training_goes_on(tmp_path):
-    from test_image_folder import make_folder
+def test_bad_images_mid_epoch_are_skipped_named_counted_once_and_training_goes_on(tmp_path):
+    from test_image_folder import BAD_FILES, make_folder
 
-    folder = make_folder(tmp_path / "pets")  # a junk file and a truncated JPEG among 22 images
+    folder = make_folder(tmp_path / "pets")  # 3 bad files among 23
     config = tiny_config(
         "", dataset=str(folder), eval_split="val", train_scale=(), batch_size=4,
         log_every_steps=2, pca_lighting=0.0,
     )  # fmt: skip
     summary = train_and_evaluate(config, tmp_path / "run")
-    assert summary["finished"] and summary["step"] == 2 * (22 // 4)
-    assert summary["skipped_images"] == 4  # two bad files in each of two epochs
+    assert summary["finished"] and summary["step"] == 2 * (23 // 4)
+    assert summary["skipped_images"] == len(BAD_FILES)  # met in both epochs, counted once
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "Skipped 2 images in epoch 1 (training)" in log and "cut.jpg" in log
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"] == 4
+    assert "Skipped 3 images in epoch 1 (training)" in log
+    assert all(name in log for name in BAD_FILES) and "epoch 2 (training)" not in log
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"] == 3
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -268,7 +272,11 @@ def test_two_processes_train_together_and_a_killed_one_stops_the_other(digits_di
     wait_until(lambda: 5 in committed_steps(tmp_path) and max(logged_steps(tmp_path)) >= 7,
                processes[0], what="the first checkpoint")  # fmt: skip
     # 1,438 examples: 719 per process, 22 batches of 32 each per epoch, on 4 devices in all.
-    assert "22 steps per epoch, 4 devices" in (tmp_path / "train.log").read_text()
+    log = (tmp_path / "train.log").read_text()
+    assert "22 steps per epoch, 4 devices" in log
+    # Only process 0 writes logs: each line once, one TensorBoard file.
+    assert log.count("steps per epoch") == 1 and log.count("step 5: loss") == 1
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
     processes[1].kill()
     killed_at = time.time()
     try:
@@ -277,7 +285,9 @@ def test_two_processes_train_together_and_a_killed_one_stops_the_other(digits_di
         processes[0].kill()
         pytest.fail("the surviving process still hangs 90 s after its peer was killed")
     # Within the heartbeat timeout (5 s) and the time to notice; the default timeout is 100 s.
-    assert time.time() - killed_at < 60
+    noticed_after = time.time() - killed_at
+    print(f"the surviving process stopped {noticed_after:.1f} s after its peer was killed")
+    assert noticed_after < 30
     assert processes[0].returncode != 0
     assert "This most likely indicates that another task died" in err, err[-3000:]
     assert int(saved_state(tmp_path, 5)["step"]) == 5  # the joint checkpoint is whole

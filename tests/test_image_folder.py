@@ -16,6 +16,7 @@ from vgg_jax.training.loop import TrainingError, train_and_evaluate
 # Each class is one colour, so a decoded image shows which folder it came from.
 CLASS_COLOURS = {"cat": (220, 30, 30), "dog": (30, 220, 30), "fox": (30, 30, 220)}
 GOOD_PER_CLASS = {"train": 6, "val": 3}
+BAD_FILES = ["cut.jpg", "garbled.jpg", "junk.jpg"]
 
 
 def write_image(path, colour, channels=3, size=(40, 48)):
@@ -30,7 +31,8 @@ def write_image(path, colour, channels=3, size=(40, 48)):
 
 def make_folder(root):
     """train/ and val/ with three classes of JPEGs and PNGs, plus in train/: a grayscale JPEG,
-    an RGBA PNG, a file of junk and a truncated JPEG."""
+    an RGBA PNG, and three bad files (BAD_FILES): junk, a truncated JPEG, and a JPEG whose
+    start and end are whole but whose Huffman table is garbled, so only decoding finds it."""
     for split, count in GOOD_PER_CLASS.items():
         for name, colour in CLASS_COLOURS.items():
             folder = root / split / name
@@ -42,6 +44,9 @@ def make_folder(root):
     (root / "train" / "fox" / "junk.jpg").write_bytes(b"this is not an image" * 10)
     whole = (root / "train" / "fox" / "0.jpg").read_bytes()
     (root / "train" / "fox" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    table = whole.index(b"\xff\xc4") + 5  # the code counts of the first Huffman table
+    garbled = whole[:table] + b"\xff" * 16 + whole[table + 16 :]
+    (root / "train" / "fox" / "garbled.jpg").write_bytes(garbled)
     return root
 
 
@@ -58,7 +63,7 @@ def readable(split):
 def test_folder_loads_through_tfds_with_labels_from_class_folders(folder):
     builder = sources.get_builder(str(folder))
     info = sources.describe(builder, "train", "val")
-    assert info.num_classes == 3 and info.train_examples == readable("train") + 2
+    assert info.num_classes == 3 and info.train_examples == readable("train") + len(BAD_FILES)
     assert builder.info.features["label"].names == sorted(CLASS_COLOURS)
 
     skipped = pipeline.SkippedImages()
@@ -71,9 +76,9 @@ def test_folder_loads_through_tfds_with_labels_from_class_folders(folder):
         images.append(batch["image"].reshape(-1, 32, 32, 3)[keep])
         labels.append(batch["label"].ravel()[keep])
     images, labels = np.concatenate(images), np.concatenate(labels)
-    # Every readable image once, the two bad ones skipped and named.
+    # Every readable image once, the bad ones skipped and named.
     assert len(labels) == readable("train")
-    assert sorted(name.rsplit("/", 1)[-1] for name in skipped.take()) == ["cut.jpg", "junk.jpg"]
+    assert sorted(name.rsplit("/", 1)[-1] for name in skipped.take()) == BAD_FILES
     assert collections.Counter(labels.tolist()) == {0: 7, 1: 7, 2: 6}
     # Labels follow the class folders: each image shows its class's colour, in RGB.
     rgb = images.mean(axis=(1, 2))
@@ -82,6 +87,20 @@ def test_folder_loads_through_tfds_with_labels_from_class_folders(folder):
         if names[label] == "cat" and np.allclose(colour, colour[0], atol=3):
             continue  # the grayscale cat: grey, with three equal channels
         assert np.argmax(colour) == np.argmax(CLASS_COLOURS[names[label]])
+
+
+def test_multi_scale_evaluation_batches_name_the_files_they_skip(folder):
+    from vgg_jax.data.evaluation_data import rescaled_batches
+
+    builder = sources.get_builder(str(folder))
+    skipped = pipeline.SkippedImages()
+    indices = [
+        index
+        for batch in rescaled_batches(builder, "train", 48, 4, skipped)
+        for index in batch["index"][batch["mask"] > 0]
+    ]
+    assert len(indices) == len(set(indices)) == readable("train")
+    assert sorted(name.rsplit("/", 1)[-1] for name in skipped.take()) == BAD_FILES
 
 
 def test_training_batches_skip_bad_files_and_keep_going(folder):
@@ -93,10 +112,11 @@ def test_training_batches_skip_bad_files_and_keep_going(folder):
             builder, "train", 4, epoch=0, seed=0, augmentation=augmentation, skipped=skipped
         )
     )
-    # 22 files make 5 batches of 4 even with 2 bad: the epoch is topped up from its start.
-    assert len(batches) == (readable("train") + 2) // 4
+    # 23 files make 5 batches of 4 even with 3 bad: the epoch is topped up from its start.
+    assert len(batches) == (readable("train") + len(BAD_FILES)) // 4
     assert all(b["image"].shape == (4, 1, 32, 32, 3) for b in batches)
-    assert len(skipped.take()) == 2  # each named once, even if the top-up met it again
+    # Each named once, even if the top-up met it again; garbled.jpg only fails in the decoder.
+    assert sorted(name.rsplit("/", 1)[-1] for name in skipped.take()) == BAD_FILES
 
 
 def test_two_processes_read_disjoint_shards_of_a_folder(folder, monkeypatch):

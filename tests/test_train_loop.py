@@ -162,3 +162,71 @@ def test_the_first_step_is_reported_alone_and_left_out_of_images_per_second(monk
     clock["now"] += 30.0
     alone.add(metrics)  # a flush after the first step only: it is all there is to time
     assert alone.flush(step=1, learning_rate=0.1)["images_per_second"] == 8 / 30.0
+
+
+def test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk(
+    digits_dir, tmp_path, monkeypatch
+):
+    """The issue's case: top-1 ties over several epochs while mid-epoch saves push old
+    checkpoints out, and the run is resumed in between. The summary's best, the one kept on
+    disk and --checkpoint=best must be one step: the latest of the equals."""
+    from vgg_jax.training import loop
+    from vgg_jax.training.checkpoints import read_trained_variables
+
+    scripted = iter([0.5, 0.9, 0.7, 0.8, 0.9, 0.6])  # epochs 2 and 5 tie for best
+
+    def evaluate_split(run, split):
+        return {"loss": 1.0, "top1_accuracy": next(scripted), "top5_accuracy": 1.0}
+
+    monkeypatch.setattr(loop, "evaluate_split", evaluate_split)
+    config = tiny_config(
+        digits_dir, batch_size=256, num_epochs=6, checkpoint_every_steps=2, keep_checkpoints=1
+    )
+    steps_per_epoch = 1438 // 256  # 5: saves at 2, 4, 5 (evaluated), 6, 8, 10 (evaluated), ...
+
+    def kept_and_best():
+        store = Checkpoints(tmp_path / "checkpoints", read_only=True)
+        try:
+            return store.steps(), store.best_step()
+        finally:
+            store.close()
+
+    for stop in (3, 4):  # stopped mid-epoch 4, then mid-epoch 5, each time resumed
+        config.max_steps = stop * steps_per_epoch + 2
+        summary = train_and_evaluate(config, tmp_path)
+        assert summary["best_step"] == 2 * steps_per_epoch
+        # Epoch 2's checkpoint outlives the resumed run's saves, epoch 4's evaluation included.
+        assert kept_and_best() == ([2 * steps_per_epoch, config.max_steps], summary["best_step"])
+    config.max_steps = 0
+    summary = train_and_evaluate(config, tmp_path)
+    assert summary["best_step"] == 5 * steps_per_epoch and summary["best_top1_accuracy"] == 0.9
+    kept, best = kept_and_best()
+    assert best == summary["best_step"] in kept and kept[-1] == 6 * steps_per_epoch
+    assert read_trained_variables(tmp_path, "best")[2] == summary["best_step"]
+    # A rerun of the finished run trains and evaluates nothing (the script is used up) and
+    # leaves the summary, timings included, as the run that did the work wrote it.
+    written = (tmp_path / "summary.json").read_text()
+    assert train_and_evaluate(config, tmp_path) == json.loads(written)
+    assert (tmp_path / "summary.json").read_text() == written
+
+
+def test_a_resumed_run_takes_its_steps_from_the_compilation_cache(digits_dir, tmp_path):
+    """train.py keeps JAX's compilation cache in the work directory: the rerun that resumes
+    finds its train and eval steps there instead of compiling them (JAX logs each hit and
+    miss with JAX_LOG_COMPILES)."""
+    env = {k: v for k, v in TINY_TRAIN_PY_ENV.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    # JAX caches only what took over a second to compile; these steps take less.
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    flags = [f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", "--config.model=vgg11",
+             "--config.width=0.0625", "--config.fc_features=32", "--config.batch_size=64"]  # fmt: skip
+    first = run_train_py(*flags, "--config.max_steps=23", env=env)  # past the first evaluation
+    assert first.returncode == 0, first.stderr[-3000:]
+    logged = {**env, "JAX_LOG_COMPILES": "1", "JAX_EXPLAIN_CACHE_MISSES": "1"}
+    rerun = run_train_py(*flags, "--config.max_steps=26", env=logged)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resumed from step 23" in rerun.stderr
+    hits = re.findall(r"Persistent compilation cache hit for '(\w+)'", rerun.stderr)
+    misses = re.findall(r"PERSISTENT COMPILATION CACHE MISS for '(\w+)'", rerun.stderr)
+    # Everything the rerun compiles, the train step (pmap's jit(_fun)) and init included,
+    # comes from the cache; with the cache emptied, each of these is a logged miss instead.
+    assert "jit_init" in hits and "jit__fun" in hits and not misses, (hits, misses)

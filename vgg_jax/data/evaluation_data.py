@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vgg_jax.data.pipeline import (
+    DecodeFailures,
     SkippedImages,
     drop_malformed,
     encoded_examples,
@@ -60,7 +61,8 @@ def rescaled_batches(
         raise ValueError(f"A test scale Q must be a positive number of pixels, got {scale}.")
     batch_size = local_batch_size(batch_size)
     ds = encoded_examples(builder, split, drop_remainder=False).enumerate()
-    ds = drop_malformed(ds, skipped or SkippedImages())
+    skipped = skipped or SkippedImages()
+    ds = drop_malformed(ds, skipped)
 
     def prepare(index, example):
         return {
@@ -73,9 +75,10 @@ def rescaled_batches(
         height, width = tf.unstack(tf.cast(tf.shape(example["image"])[:2], tf.int64))
         return height * 1_000_003 + width
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
-    ds = ds.group_by_window(
+    failures = DecodeFailures(skipped)
+    ds = failures.prepare(ds, prepare).group_by_window(
         shape_key, lambda _, window: window.batch(batch_size), window_size=batch_size
     )
     for batch in tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)):
-        yield pad_batch(batch, batch_size)
+        yield pad_batch(failures.came_out(batch, in_order=False), batch_size)
+    failures.finish()

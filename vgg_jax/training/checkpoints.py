@@ -10,9 +10,11 @@ validation metrics.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pathlib
 import shutil
+import sys
 import time
 from typing import Any, Callable
 
@@ -30,6 +32,12 @@ _logger = logging.getLogger("vgg_jax")
 
 def _best_metric(metrics: dict) -> float:
     return metrics[BEST_METRIC]
+
+
+def _not_a_missing_metric_warning(record: logging.LogRecord) -> bool:
+    """Orbax warns at every save without metrics once it tracks them; mid-epoch checkpoints
+    have none by design."""
+    return "did not provide metrics" not in record.getMessage()
 
 
 def best_rank(metrics: dict, step: int) -> tuple[float, int]:
@@ -81,6 +89,34 @@ def verify(state: Any, record: dict, step: int) -> None:
         )
 
 
+def _quiet_abandoned_reads() -> None:
+    """After a failed read, orbax leaves the checkpoint's other reads running. Each ends later
+    as a traceback: unraisable "Event loop is closed" errors, and asyncio's "Task exception was
+    never retrieved" for reads that failed too. Dozens of lines would hide the one message
+    that matters, so once a checkpoint is read, those alone go to the debug log."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            _logger.debug("An abandoned checkpoint read ended after its event loop closed.")
+            return
+        previous(unraisable)
+
+    def abandoned_read_failed(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Task exception was never retrieved") and "OCDBT" in message:
+            _logger.debug("An abandoned checkpoint read failed too: %s", message)
+            return False
+        return True
+
+    hook.quiets_abandoned_reads = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(abandoned_read_failed)
+
+
 class CheckpointNotFound(ValueError):
     """No checkpoint to read where one was asked for, with what was there instead."""
 
@@ -93,6 +129,9 @@ class Checkpoints:
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep}.")
         self.directory = pathlib.Path(directory).absolute()
+        self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
+        if not read_only:
+            self._set_aside_damaged_metrics()
         options = ocp.CheckpointManagerOptions(
             read_only=read_only,
             create=not read_only,
@@ -107,17 +146,23 @@ class Checkpoints:
                     ),
                 ]
             ),
+            # best_fn only makes orbax write each checkpoint's metrics to disk (which policy
+            # keeps what is the preservation_policy's). Without it they live in memory only,
+            # and a resumed run's manager, seeing no metrics, let its first save delete the
+            # best checkpoint.
+            best_fn=_best_metric,
             cleanup_tmp_directories=not read_only,  # what a crash mid-save left behind
+            lightweight_initialize=read_only,  # "best" is ours (best_step), from the records
         )
         # Orbax warns (through absl) that a read-only folder is read-only: that is the point.
         absl_logger = logging.getLogger("absl")
+        absl_logger.addFilter(_not_a_missing_metric_warning)  # once: filters are a set
         level = absl_logger.level
         absl_logger.setLevel(logging.ERROR if read_only else level)
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         finally:
             absl_logger.setLevel(level)
-        self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
 
     def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
         """Saves `state` (host arrays) at `step`, its digest in the record; `metrics` rank it
@@ -180,6 +225,7 @@ class Checkpoints:
         read; None if none can. Each unreadable one is reported, and with `set_aside` moved to
         ../unreadable_checkpoints/. Errors of `check_record` are not caught."""
         steps = list(steps)
+        _quiet_abandoned_reads()
         for index, step in enumerate(steps):
             last = index == len(steps) - 1
             try:
@@ -215,6 +261,10 @@ class Checkpoints:
                 step, self.directory, detail,
             )  # fmt: skip
             return
+        self._move_aside(step, detail)
+        self.manager.reload()
+
+    def _move_aside(self, step: int, detail: str) -> None:
         aside = (
             self.directory.parent / UNREADABLE_FOLDER / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
@@ -226,7 +276,20 @@ class Checkpoints:
         if jax.process_index() == 0:
             aside.parent.mkdir(exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(aside))
-        self.manager.reload()
+
+    def _set_aside_damaged_metrics(self) -> None:
+        """Orbax reads every checkpoint's metrics file when it opens the folder for writing,
+        and a damaged one stops it there: such a checkpoint is set aside first, like any
+        unreadable one. (Readers open the folder without reading metrics.)"""
+        for path in sorted(self.directory.glob("*/metrics/metrics")):
+            if not path.parent.parent.name.isdigit():
+                continue
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                step = int(path.parent.parent.name)
+                self.unreadable[step] = error
+                self._move_aside(step, f"its metrics file: {type(error).__name__}: {error}")
 
     def restore_arrays(self, step: int, target: Any = None) -> Any:
         """The state saved at `step`, without its record: shaped like `target`, or without one
@@ -247,6 +310,10 @@ class Checkpoints:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        # Orbax's close does not wait for the clean-up of half-written folders that opening
+        # started; a process exiting soon after (a refused init_from) would have that thread
+        # fail at interpreter shutdown, printing a traceback after the run's one message.
+        getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
         self.manager.close()
 
 

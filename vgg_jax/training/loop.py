@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import pathlib
 import signal
 import time
@@ -49,13 +50,17 @@ from vgg_jax.training.reports import (
     peak_bf16_flops,
     report_evaluation,
     report_skipped,
-    setup_logging,
+    run_logging,
     write_summary,
 )
 from vgg_jax.training.steps import init_training, pmapped_steps, replicate, unreplicate
 
-__all__ = ["TrainingError", "train_and_evaluate", "validate_config"]
+__all__ = ["INTERRUPTED_TWICE", "TrainingError", "train_and_evaluate", "validate_config"]
 
+INTERRUPTED_TWICE = (
+    "Interrupted a second time: stopped at once, without saving a checkpoint; rerun the same "
+    "command to resume from the last one saved."
+)
 # A checkpoint can only be resumed by a run that builds the same network on the same data.
 ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", "crop_size")
 
@@ -86,7 +91,6 @@ class Run:
     writer: Any = None
     record: dict = dataclasses.field(default_factory=lambda: {"best": None})
     skipped: pipeline.SkippedImages = dataclasses.field(default_factory=pipeline.SkippedImages)
-    skipped_total: int = 0
     progress: tqdm | None = None
     # Set by set_up:
     builder: Any = None
@@ -111,25 +115,28 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     validate_config(config)
     run = Run(config, pathlib.Path(workdir).absolute(), started)
     run.workdir.mkdir(parents=True, exist_ok=True)
-    log_handlers = setup_logging(run.workdir, run.is_main)
-    failed = False
-    try:
-        set_up(run)
-        with stop_requests() as stop:
-            while run.step < run.total_steps and stop["signal"] is None:
-                train_epoch(run, stop)
-        return finish(run, stop["signal"])
-    except Exception as error:
-        failed = True
-        if is_disk_full(error):  # train.log cannot take more either
-            raise TrainingError(disk_full_message(run.workdir, run.checkpoints, error)) from None
-        log_fatal(str(error), error)
-        raise
-    finally:
-        close(run, failed)
-        for handler in log_handlers:
-            logger.removeHandler(handler)
-            handler.close()
+    with run_logging(run.workdir, run.is_main):
+        failed = False
+        try:
+            set_up(run)
+            with stop_requests() as stop:
+                while run.step < run.total_steps and stop["signal"] is None:
+                    train_epoch(run, stop)
+            return finish(run, stop["signal"])
+        except Exception as error:
+            failed = True
+            if is_disk_full(error):
+                message = disk_full_message(run.workdir, run.checkpoints, error)
+                log_fatal(message, error)  # lost, quietly, if train.log cannot take it
+                raise TrainingError(message) from None
+            log_fatal(str(error), error)
+            raise
+        except KeyboardInterrupt as error:  # a second Ctrl-C: no waiting for a checkpoint
+            failed = True
+            log_fatal(INTERRUPTED_TWICE, error)
+            raise
+        finally:
+            close(run, failed)
 
 
 def set_up(run: Run) -> None:
@@ -158,6 +165,7 @@ def set_up(run: Run) -> None:
     )
     if restored is not None:
         state, run.record = restored
+        run.skipped = pipeline.SkippedImages(run.record.get("skipped_images", ()))
         logger.info("Resumed from step %d in %s.", int(state.step), run.checkpoints.directory)
     elif run.checkpoints.set_aside_steps():
         raise TrainingError(refusal_to_start_over(run.checkpoints))
@@ -279,9 +287,9 @@ def train_epoch(run: Run, stop: dict) -> None:
 def end_epoch(run: Run, epoch: int) -> None:
     """Evaluate, step the plateau rule, keep the best, report, save."""
     config = run.config
-    run.skipped_total += report_skipped(run.skipped, f"epoch {epoch + 1} (training)")
+    report_skipped(run.skipped, f"epoch {epoch + 1} (training)")
     metrics = evaluate_split(run, config.eval_split)
-    run.skipped_total += report_skipped(run.skipped, f"epoch {epoch + 1} (evaluation)")
+    report_skipped(run.skipped, f"epoch {epoch + 1} (evaluation)")
     # The paper's schedule: one plateau step per evaluation, fed the top-1 error.
     plateau = run.setup.learning_rate.after_evaluation(run.plateau, 1.0 - metrics["top1_accuracy"])
     if float(plateau.scale) < float(run.plateau.scale):
@@ -331,17 +339,28 @@ def save(run: Run, metrics: dict | None = None) -> None:
     host_state = unreplicate(run.replicated)
     if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(host_state.params)):
         raise TrainingError(nan_message(run.step, run.checkpoints))
-    run.record.update(config=run.config.to_dict(), step=run.step, metrics=metrics)
+    run.record.update(
+        config=run.config.to_dict(), step=run.step, metrics=metrics,
+        skipped_images=run.skipped.reported(),
+    )  # fmt: skip
     run.checkpoints.save(run.step, host_state, run.record, metrics)
     run.train_log.restart_clock()
 
 
 def finish(run: Run, signal_name: str | None) -> dict:
+    """summary.json, unless this process trained nothing since it was written: a rerun of a
+    finished run keeps the timings of the run that did the work."""
     run.checkpoints.wait()
-    run.skipped_total += report_skipped(run.skipped, "the last steps")
+    report_skipped(run.skipped, "the last steps")
+    written = run.workdir / "summary.json"
+    if run.train_log.first_step_seconds is None and written.exists():
+        summary = json.loads(written.read_text())
+        if summary.get("step") == run.step:
+            logger.info("Nothing to train: the run finished at step %d before.", run.step)
+            return summary
     return write_summary(
         run.record, run.step, run.total_steps, signal_name, run.started, run.workdir,
-        run.skipped_total, first_step_seconds=run.train_log.first_step_seconds,
+        len(run.skipped.reported()), first_step_seconds=run.train_log.first_step_seconds,
     )  # fmt: skip
 
 
@@ -355,7 +374,9 @@ def close(run: Run, failed: bool) -> None:
         except Exception as error:
             if not failed:
                 raise
-            logger.warning("While stopping: %s: %s", type(error).__name__, error)
+            logger.warning(
+                "While stopping: %s: %s", type(error).__name__, error, extra={"file_only": True}
+            )
 
 
 @contextlib.contextmanager

@@ -4,10 +4,12 @@ TensorBoard, skipped files, and the closing summary.json."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import pathlib
+import sys
 import time
 
 import jax
@@ -43,20 +45,65 @@ class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
 
 
-def setup_logging(workdir: pathlib.Path, is_main: bool) -> list[logging.Handler]:
-    """Our messages to the console and workdir/train.log, from the main process only."""
+@contextlib.contextmanager
+def run_logging(workdir: pathlib.Path, is_main: bool):
+    """While a run lasts: our messages to the console and workdir/train.log, from the main
+    process only; orbax's error reports to train.log only (below)."""
     logger.setLevel(logging.INFO)
     logger.propagate = False  # absl's root handler would print them twice
-    if not is_main:
-        return []
-    to_file = logging.FileHandler(workdir / "train.log")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    to_console = logging.StreamHandler()
-    to_console.setFormatter(logging.Formatter("%(message)s"))
-    to_console.addFilter(lambda record: not getattr(record, "file_only", False))
-    for handler in (to_file, to_console):
+    handlers: list[logging.Handler] = []
+    if is_main:
+        to_file = _TrainLogFile(workdir / "train.log")
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        to_console = logging.StreamHandler()
+        to_console.setFormatter(logging.Formatter("%(message)s"))
+        to_console.addFilter(lambda record: not getattr(record, "file_only", False))
+        handlers = [to_file, to_console]
+    for handler in handlers:
         logger.addHandler(handler)
-    return [to_file, to_console]
+    orbax_errors = _OrbaxErrorsToFile(handlers[0] if handlers else None)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(orbax_errors)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(orbax_errors)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+class _TrainLogFile(logging.FileHandler):
+    """train.log. A line that cannot be written because the disk is full is lost quietly: the
+    run stops saying so on the console, and logging's own traceback would bury that."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not is_disk_full(sys.exc_info()[1]):
+            super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as error:  # the last lines did not fit
+            if not is_disk_full(error):
+                raise
+
+
+class _OrbaxErrorsToFile(logging.Filter):
+    """A failed background save is reported by each of orbax's threads, with its traceback
+    (500 lines for one full disk), and then raised in the run, which stops with one message
+    saying what happened. Those reports go to train.log only, for debugging."""
+
+    def __init__(self, to_file: logging.Handler | None):
+        super().__init__()
+        self.to_file = to_file
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+            return True
+        if self.to_file is not None:
+            self.to_file.handle(record)
+        return False
 
 
 def log_fatal(message: str, error: BaseException) -> None:
@@ -200,11 +247,12 @@ def disk_full_message(workdir: pathlib.Path, checkpoints: Checkpoints | None, er
 
 
 def report_skipped(skipped, when: str) -> int:
-    """Logs the images skipped since the last report, by file name; returns how many."""
+    """Logs the images first skipped since the last report, by file name; returns how many."""
     names = skipped.take()
     if names:
         logger.warning(
-            "Skipped %d images in %s that are not whole JPEG/PNG files: %s",
+            "Skipped %d images in %s that are not whole JPEG/PNG files or do not decode "
+            "(each file is named once per run): %s",
             len(names), when, ", ".join(names),
         )  # fmt: skip
     return len(names)
