@@ -3,7 +3,9 @@ those libraries' own models where installed, and against known arrays where not.
 
 import hashlib
 import importlib.util
+import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import relative_error
 
 import vgg_jax
@@ -254,6 +257,53 @@ def test_offline_without_a_file_says_what_to_fetch_and_where(tmp_path):
         pretrained.weights_file(weights, cache_dir=tmp_path)
 
 
+@pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed")
+def test_predict_reads_a_pth_file_and_gives_pytorchs_probabilities(
+    torchvision_references, tmp_path
+):
+    """python -m vgg_jax.predict --weights=FILE.pth --model=vgg11_bn: reading the .pth (PyTorch
+    in a process that has TensorFlow), from_weights, model_from_file, the 1000 class names.
+    A grey image stays grey through the resize to 256 and the 224 crop, so PyTorch's
+    probabilities for a grey 224x224 input are the expected ones."""
+    reference = torchvision_references["vgg11_bn"]  # tests/torchvision_reference.py: PTH_MODEL
+    image = tmp_path / "grey.png"
+    image.write_bytes(tf.io.encode_png(np.full((300, 400, 3), 128, np.uint8)).numpy())  # GREY
+    command = [sys.executable, "-m", "vgg_jax.predict", f"--weights={reference.with_suffix('.pth')}",
+               "--model=vgg11_bn", "--top=3", str(image)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = np.load(reference.with_suffix(".grey.npy"))
+    names = vgg_jax.imagenet_class_names()
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(image) and len(lines) == 4
+    third = np.sort(expected)[-3]
+    for rank, line in enumerate(lines[1:], start=1):
+        found = re.fullmatch(r"  (\d)\. +([\d.]+)%  (.+) \((\d+)\)", line)
+        assert found and int(found[1]) == rank, line
+        index = int(found[4])
+        assert found[3] == names[index] and expected[index] >= third - 1e-6  # a top-3 class
+        assert float(found[2]) == pytest.approx(100 * expected[index], abs=0.006)
+
+
+@pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed")
+def test_registry_matches_what_torchvision_publishes(torchvision_references):
+    """Each torchvision entry against torchvision's own weight metadata (offline): the URL,
+    the hash digits in its file name, the accuracies, and the mean and std its transforms
+    use."""
+    folder = next(iter(torchvision_references.values())).parent
+    published = json.loads((folder / "weights.json").read_text())
+    assert set(published) == set(TORCHVISION_MODELS)
+    for name, theirs in published.items():
+        ours = vgg_jax.PRETRAINED_WEIGHTS[f"{name}.tv_in1k"]
+        assert ours.model == name and ours.url == theirs["url"]
+        assert theirs["url"].endswith(f"-{ours.file_hash}.pth") and ours.hash_algorithm == "sha256"
+        assert (ours.top1, ours.top5) == (theirs["top1"], theirs["top5"])
+        np.testing.assert_allclose(ours.preprocessing.mean, np.multiply(theirs["mean"], 255))
+        np.testing.assert_allclose(ours.preprocessing.stddev, np.multiply(theirs["std"], 255))
+        assert (theirs["resize"], theirs["crop"]) == (256, 224)  # our evaluation's Q and crop
+        assert list(vgg_jax.imagenet_class_names()) == theirs["categories"]
+
+
 def test_registry_and_class_names():
     names = vgg_jax.imagenet_class_names()
     assert len(names) == 1000 and names[0] == "tench" and names[-1] == "toilet tissue"
@@ -264,4 +314,17 @@ def test_registry_and_class_names():
     }
     for weights in vgg_jax.PRETRAINED_WEIGHTS.values():
         vgg_jax.create_model(weights.model)  # every entry names a real model
-        assert 60 < weights.top1 < 80 and weights.top1 < weights.top5 < 95
+    # The torchvision entries are checked against torchvision above; the Caffe ones against
+    # the Keras applications table (keras.io/api/applications: top-1 and top-5 accuracy) and
+    # the Keras source's file names and md5 digests.
+    caffe = {name: vgg_jax.PRETRAINED_WEIGHTS[f"{name}.caffe_in1k"] for name in ("vgg16", "vgg19")}
+    assert (caffe["vgg16"].top1, caffe["vgg16"].top5) == (71.3, 90.1)
+    assert (caffe["vgg19"].top1, caffe["vgg19"].top5) == (71.3, 90.0)
+    assert caffe["vgg16"].file_hash == "64373286793e3c8b2b4e3219cbf3544b"
+    assert caffe["vgg19"].file_hash == "cbe5617147190e668d6c5d5026f83318"
+    for name, weights in caffe.items():
+        assert weights.url == (
+            f"https://storage.googleapis.com/tensorflow/keras-applications/{name}/"
+            f"{name}_weights_tf_dim_ordering_tf_kernels.h5"
+        )
+        assert weights.preprocessing == CAFFE_NORMALIZATION
