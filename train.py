@@ -72,7 +72,8 @@ def main(argv: list[str]) -> None:
     # import, and a mistyped flag or config value should not wait for it.
     import jax
 
-    from vgg_jax.training.loop import INTERRUPTED_TWICE, TrainingError, train_and_evaluate
+    from vgg_jax.training.loop import TrainingError, train_and_evaluate
+    from vgg_jax.training.signals import INTERRUPTED_TWICE, InterruptedTwice
 
     use_compilation_cache(FLAGS.compilation_cache_dir, FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # orbax and tfds report every file at INFO
@@ -90,8 +91,11 @@ def main(argv: list[str]) -> None:
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except InterruptedTwice as error:
         print(f"\n{INTERRUPTED_TWICE}", file=sys.stderr)
+        sys.exit(128 + signal.Signals[error.signal_name].value)
+    except KeyboardInterrupt:  # before the run took over the signals: nothing was changed
+        print("\nInterrupted before training started.", file=sys.stderr)
         sys.exit(128 + signal.SIGINT.value)
     if jax.process_index() == 0:
         print(format_summary(summary))

@@ -4,6 +4,8 @@ MARKER [train.py flags]`.
 FAULT "slow_save:N": checkpoint saves after the N-th stop just before they are committed (the
 files written, the step's folder not yet renamed into place) and write that folder's path to
 MARKER, then wait, so the test can kill the process in the middle of a save.
+FAULT "delay_save:SECONDS": every save waits that long before its commit, writing its folder's
+path to MARKER first: a window in which the run is saving.
 """
 
 import asyncio
@@ -32,11 +34,26 @@ def slow_saves_after(saves: int, marker: pathlib.Path) -> None:
     atomicity.AtomicRenameTemporaryPath.finalize = finalize_slowly
 
 
+def delay_saves(seconds: float, marker: pathlib.Path) -> None:
+    commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def finalize_later(self):
+        if self._final_path.parent.name == "checkpoints":  # a step's folder, not an item
+            marker.write_text(str(self.get()))
+            await asyncio.sleep(seconds)
+        await commit(self)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize_later
+
+
 if __name__ == "__main__":
     fault, marker, *flags = sys.argv[1:]
     name, _, argument = fault.partition(":")
-    if name != "slow_save":
+    if name == "slow_save":
+        slow_saves_after(int(argument), pathlib.Path(marker))
+    elif name == "delay_save":
+        delay_saves(float(argument), pathlib.Path(marker))
+    else:
         sys.exit(f"unknown fault {fault!r}")
-    slow_saves_after(int(argument), pathlib.Path(marker))
     sys.argv = [str(TRAIN_PY), *flags]
     runpy.run_path(str(TRAIN_PY), run_name="__main__")

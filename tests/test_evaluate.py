@@ -25,9 +25,14 @@ from vgg_jax.training.steps import init_training
 
 @pytest.fixture(scope="module")
 def trained(digits_dir, tmp_path_factory):
+    """A 1/8-width VGG-A with batch norm, 3 epochs (132 steps, ~20 s) with a cosine schedule:
+    98.3% top-1 on the digits' test split when measured; a checkpoint at each epoch's end."""
     workdir = tmp_path_factory.mktemp("digits_vgg11")
-    summary = train_and_evaluate(digits_config(digits_dir), workdir)
-    assert summary["best_top1_accuracy"] > 0.3
+    config = digits_config(
+        digits_dir, num_epochs=3, lr_schedule="cosine", learning_rate=0.1, warmup_epochs=1
+    )
+    summary = train_and_evaluate(config, workdir)
+    assert summary["best_top1_accuracy"] > 0.95
     return workdir
 
 
@@ -44,7 +49,11 @@ def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, ca
     assert set(rows) == {(p, s) for p in PROTOCOLS for s in [(32,), (48,), (32, 48)]}
     for row in rows.values():
         assert 0 <= row["top5_error"] <= row["top1_error"] <= 100
-    assert rows["center", (32,)]["top1_error"] < 70  # trained at 32x32: better than chance
+    for protocol in PROTOCOLS:  # at the training scale every protocol works (4.2% measured)
+        assert rows[protocol, (32,)]["top1_error"] < 15 and rows[protocol, (32,)]["top5_error"] < 5
+    # Trained at one scale, it fails at another (77% centre error at Q=48 when measured): the
+    # paper's case for scale jittering.
+    assert rows["center", (48,)]["top1_error"] > rows["center", (32,)]["top1_error"] + 30
     posteriors, labels = report["posteriors"], report["labels"]
     for protocol in PROTOCOLS:
         at = {
@@ -58,16 +67,23 @@ def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, ca
     assert "| dense+multi_crop | 32, 48 |" in capsys.readouterr().out
 
 
-def test_an_ensemble_of_a_model_with_itself_equals_the_model(trained):
-    classifier = inference.from_checkpoint(trained, "best")
-    builder = sources.get_builder("digits", classifier.data_dir)
-    run = lambda members: evaluate.evaluate(  # noqa: E731
-        members, builder, "test[:32]", ["dense"], [32], 16, progress=False, keep_posteriors=True
-    )
-    single, double = run([classifier]), run([classifier, classifier])
-    ensemble = double["posteriors"]["ensemble of 2", "dense", (32,)]
-    np.testing.assert_allclose(ensemble, single["posteriors"][classifier.name, "dense", (32,)])
-    assert double["results"][-1]["top1_error"] == single["results"][0]["top1_error"]
+def test_an_ensemble_averages_its_members_posteriors(trained):
+    """Two checkpoints of one run (after epochs 1 and 3): the ensemble's posteriors are the mean
+    of theirs, not the softmax of their mean logits nor the first member's."""
+    first, last = (inference.from_checkpoint(trained, step) for step in (44, 132))
+    builder = sources.get_builder("digits", first.data_dir)
+    report = evaluate.evaluate(
+        [first, last], builder, "test[:32]", ["dense"], [32], 16, progress=False,
+        keep_posteriors=True,
+    )  # fmt: skip
+    posteriors = report["posteriors"]
+    ours, theirs = (posteriors[c.name, "dense", (32,)] for c in (first, last))
+    assert np.abs(ours - theirs).max() > 0.05  # two different members
+    ensemble = posteriors["ensemble of 2", "dense", (32,)]
+    np.testing.assert_allclose(ensemble, (ours + theirs) / 2, rtol=1e-5, atol=1e-7)
+    row = report["results"][-1]
+    assert row["model"] == "ensemble of 2"
+    assert row["top1_error"] == top_k_errors(ensemble, report["labels"])[1]
 
 
 def test_evaluate_command_writes_the_table_and_json(trained, tmp_path, capsys):
@@ -136,19 +152,31 @@ def write_digit_images(folder, count=3):
 
 
 def test_predict_prints_the_top_classes_by_name(trained, tmp_path, capsys):
-    paths, _ = write_digit_images(tmp_path)
-    assert predict.main([*map(str, paths), f"--workdir={trained}", "--top=3"]) == 0
+    paths, labels = write_digit_images(tmp_path, count=8)
+    arguments = [*map(str, paths[:3]), f"--workdir={trained}", "--top=3", "--scale=32"]
+    assert predict.main(arguments) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == str(paths[0]) and len(out) == 3 * 4
     probabilities = [float(line.split("%")[0].split()[-1]) for line in out[1:4]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+    assert out[1].endswith(f"  {labels[0]} ({labels[0]})")  # the digit, by its class name
     classifier = inference.from_checkpoint(trained)
-    for dense in (False, True):
-        top = predict.predict(classifier, paths, dense=dense, top=10)
-        for classes in top:
-            assert sorted(index for _, index, _ in classes) == list(range(10))
-            assert sum(p for _, _, p in classes) == pytest.approx(1.0, abs=1e-5)
-            assert all(name == str(index) for name, index, _ in classes)
+    # The centre protocol by hand: at Q=32 the 32x32 image is its own centre crop. (By
+    # default predict rescales to Q=37, torchvision's 256/224 ratio.)
+    images = np.stack([tf.io.decode_png(path.read_bytes()).numpy() for path in paths])
+    logits = classifier.model.apply(classifier.variables, classifier.preprocess(images))
+    expected = np.asarray(jax.nn.softmax(logits))
+    top = predict.predict(classifier, paths, scale=32, top=10)
+    for classes, probabilities, label in zip(top, expected, labels, strict=True):
+        by_index = {index: p for _, index, p in classes}
+        np.testing.assert_allclose([by_index[i] for i in range(10)], probabilities, atol=1e-5)
+        assert classes[0][1] == np.argmax(probabilities)
+        assert [p for _, _, p in classes] == sorted(by_index.values(), reverse=True)
+        assert all(name == str(index) for name, index, _ in classes)
+    assert sum(classes[0][1] == label for classes, label in zip(top, labels)) >= 7
+    for classes in predict.predict(classifier, paths, dense=True, top=10):
+        assert sorted(index for _, index, _ in classes) == list(range(10))
+        assert sum(p for _, _, p in classes) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_predict_refuses_a_file_that_is_not_an_image(trained, tmp_path, capsys):

@@ -120,7 +120,9 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(
 def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(
     uninterrupted_run, digits_dir, tmp_path
 ):
-    process = start_train_py(*tiny_flags(tmp_path, digits_dir))
+    # Long enough that the signal always comes first; the "paper" schedule does not depend on
+    # the run's length, so steps 1-30 are those of the 30-step reference run.
+    process = start_train_py(*tiny_flags(tmp_path, digits_dir, max_steps=10_000))
     wait_until(lambda: max(logged_steps(tmp_path) or [0]) >= 12, process, what="step 12")
     process.send_signal(signal.SIGTERM)  # how clusters preempt
     out, err = process.communicate(timeout=120)

@@ -5,6 +5,8 @@ import collections
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
 from tfds_mocks import mocked_tfds
 
 from vgg_jax.data import pipeline, sources
@@ -102,3 +104,32 @@ def test_tfds_builders_by_name(tmp_path, name, eval_split, augmentation, expecte
             b["mask"] for b in pipeline.eval_batches(builder, eval_split, 16, evaluation)
         ]
         assert sum(mask.sum() for mask in masks) == 40
+
+
+@pytest.mark.parametrize("in_order", [True, False], ids=["in order", "regrouped"])
+@pytest.mark.parametrize("failing", [(), (0,), (3, 4), (7, 8), (15,), (0, 5, 6, 7, 15)])
+def test_decode_failures_are_named_wherever_they_fall(failing, in_order):
+    """Examples that fail inside the map, at the start, across a batch boundary, at the end:
+    each named once, the others passed through in order. Regrouped batches (the multi-scale
+    evaluation's) are checked at the end of the pass only."""
+    names = [f"file{i}.jpg" for i in range(16)]
+    ds = tf.data.Dataset.from_tensor_slices({"name": names, "value": list(range(16))})
+
+    def prepare(example):
+        ok = tf.reduce_all(tf.not_equal(example["value"], tf.constant(list(failing) or [-1])))
+        with tf.control_dependencies([tf.debugging.Assert(ok, ["a file that does not decode"])]):
+            return {"value": tf.identity(example["value"])}
+
+    skipped = pipeline.SkippedImages()
+    failures = pipeline.DecodeFailures(skipped)
+    seen = []
+    for batch in tfds.as_numpy(failures.map_naming_failures(ds, prepare).batch(4)):
+        seen += failures.strip_numbers(batch, in_order=in_order)["value"].tolist()
+    assert seen == [i for i in range(16) if i not in failing]
+    # In order, a failure is named as soon as a later example comes out (training stops
+    # mid-pass and never calls finish); regrouped, only at the end.
+    early = sorted(names[i] for i in failing if in_order and i < seen[-1])
+    named = sorted(skipped.take())
+    assert named == early
+    failures.finish()
+    assert sorted(named + skipped.take()) == sorted(names[i] for i in failing)

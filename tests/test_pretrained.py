@@ -268,8 +268,9 @@ def test_predict_reads_a_pth_file_and_gives_pytorchs_probabilities(
     reference = torchvision_references["vgg11_bn"]  # tests/torchvision_reference.py: PTH_MODEL
     image = tmp_path / "grey.png"
     image.write_bytes(tf.io.encode_png(np.full((300, 400, 3), 128, np.uint8)).numpy())  # GREY
-    command = [sys.executable, "-m", "vgg_jax.predict", f"--weights={reference.with_suffix('.pth')}",
-               "--model=vgg11_bn", "--top=3", str(image)]  # fmt: skip
+    weights = reference.with_suffix(".pth")
+    command = [sys.executable, "-m", "vgg_jax.predict", f"--weights={weights}", "--model=vgg11_bn",
+               "--top=3", str(image)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = np.load(reference.with_suffix(".grey.npy"))

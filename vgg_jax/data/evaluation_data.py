@@ -76,9 +76,9 @@ def rescaled_batches(
         return height * 1_000_003 + width
 
     failures = DecodeFailures(skipped)
-    ds = failures.prepare(ds, prepare).group_by_window(
+    ds = failures.map_naming_failures(ds, prepare).group_by_window(
         shape_key, lambda _, window: window.batch(batch_size), window_size=batch_size
     )
     for batch in tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)):
-        yield pad_batch(failures.came_out(batch, in_order=False), batch_size)
+        yield pad_batch(failures.strip_numbers(batch, in_order=False), batch_size)
     failures.finish()

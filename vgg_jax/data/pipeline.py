@@ -76,16 +76,17 @@ def encoded_examples(builder, split: str, drop_remainder: bool) -> tf.data.Datas
         ds = builder.as_dataset(split=process_split, decoders=decoders)
     features = builder.info.features
 
-    def named(example):
+    def named(index, example):
         name = None
         for key in ("image/filename", "file_name"):
             if key in features:
                 name = example[key]
-        if name is None:
-            name = tf.strings.join([builder.name, split, "example"], " ")
+        if name is None:  # a data set without file names: its split and position
+            position = tf.strings.as_string(index)
+            name = tf.strings.join([builder.name, split, "example", position], " ")
         return {"image": example["image"], "label": example["label"], "name": name}
 
-    return ds.map(named)
+    return ds.enumerate().map(named)
 
 
 def drop_malformed(ds: tf.data.Dataset, skipped: SkippedImages) -> tf.data.Dataset:
@@ -117,8 +118,9 @@ class DecodeFailures:
         self.names = tf.lookup.experimental.MutableHashTable(tf.int64, tf.string, "")
         self.next_number = 0  # in order: the number the next batch starts with if none failed
 
-    def prepare(self, ds: tf.data.Dataset, prepare) -> tf.data.Dataset:
-        """`ds.map(prepare)` in parallel and in order, dropping the examples it fails on."""
+    def map_naming_failures(self, ds: tf.data.Dataset, prepare) -> tf.data.Dataset:
+        """`ds.map(prepare)` in parallel and in order, dropping the examples it fails on (and
+        TensorFlow logging why)."""
 
         def numbered(number, element):
             example = element[-1] if isinstance(element, tuple) else element
@@ -131,9 +133,10 @@ class DecodeFailures:
             return {**prepare(*elements), self.NUMBER: number}
 
         ds = ds.enumerate().map(numbered)
-        return ds.map(prepared, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+        prepared_ds = ds.map(prepared, num_parallel_calls=tf.data.AUTOTUNE)
+        return prepared_ds.ignore_errors(log_warning=True)
 
-    def came_out(self, batch: dict, in_order: bool) -> dict:
+    def strip_numbers(self, batch: dict, in_order: bool) -> dict:
         """The batch without its numbers; with `in_order` (no reordering after prepare), the
         numbers before the last that came out and did not are failures, recorded at once."""
         numbers = batch.pop(self.NUMBER)
@@ -247,11 +250,11 @@ def train_batches(
         return prepared
 
     failures = DecodeFailures(skipped)
-    ds = failures.prepare(ds, prepare).batch(batch_size, drop_remainder=True)
+    ds = failures.map_naming_failures(ds, prepare).batch(batch_size, drop_remainder=True)
     num_batches = steps_per_epoch(split_examples(builder, split), global_batch_size)
     ds = ds.take(num_batches - skip_batches).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):
-        yield _to_devices(failures.came_out(batch, in_order=True))
+        yield _to_devices(failures.strip_numbers(batch, in_order=True))
 
 
 def eval_batches(
@@ -279,13 +282,13 @@ def eval_batches(
         return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
     failures = DecodeFailures(skipped)
-    ds = failures.prepare(ds, prepare).batch(batch_size)
+    ds = failures.map_naming_failures(ds, prepare).batch(batch_size)
     batches = iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
     shape = image_shape
     for _ in range(num_batches):
         batch = next(batches, None)
         if batch is not None:
-            batch = failures.came_out(batch, in_order=True)
+            batch = failures.strip_numbers(batch, in_order=True)
         else:  # this process's share ran out before another's: all padding
             if shape is None:
                 raise ValueError(
@@ -295,8 +298,8 @@ def eval_batches(
             batch = {"image": np.zeros((0, *shape), np.uint8), "label": np.zeros(0, np.int32)}
         shape = batch["image"].shape[1:]
         yield _to_devices(pad_batch(batch, batch_size))
-    for _ in batches:  # none left by the count above; this ends every example's way through
-        pass
+    for _ in batches:  # (none by the count above) the iterator run to its end, so that every
+        pass  # example has come out or failed before finish() reads what is left in the table
     failures.finish()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import shutil
 import sys
@@ -117,6 +118,13 @@ def _quiet_abandoned_reads() -> None:
     logging.getLogger("asyncio").addFilter(abandoned_read_failed)
 
 
+def _json_or_none(path: pathlib.Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class CheckpointNotFound(ValueError):
     """No checkpoint to read where one was asked for, with what was there instead."""
 
@@ -131,7 +139,7 @@ class Checkpoints:
         self.directory = pathlib.Path(directory).absolute()
         self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
         if not read_only:
-            self._set_aside_damaged_metrics()
+            self._metrics_from_records()
         options = ocp.CheckpointManagerOptions(
             read_only=read_only,
             create=not read_only,
@@ -154,9 +162,9 @@ class Checkpoints:
             cleanup_tmp_directories=not read_only,  # what a crash mid-save left behind
             lightweight_initialize=read_only,  # "best" is ours (best_step), from the records
         )
-        # Orbax warns (through absl) that a read-only folder is read-only: that is the point.
         absl_logger = logging.getLogger("absl")
-        absl_logger.addFilter(_not_a_missing_metric_warning)  # once: filters are a set
+        absl_logger.addFilter(_not_a_missing_metric_warning)  # added once, however many calls
+        # Orbax warns (through absl) that a read-only folder is read-only: that is the point.
         level = absl_logger.level
         absl_logger.setLevel(logging.ERROR if read_only else level)
         try:
@@ -261,35 +269,50 @@ class Checkpoints:
                 step, self.directory, detail,
             )  # fmt: skip
             return
-        self._move_aside(step, detail)
+        self._move_aside(step, detail, " and falling back to the one before")
         self.manager.reload()
 
-    def _move_aside(self, step: int, detail: str) -> None:
+    def _move_aside(self, step: int, detail: str, then: str) -> None:
         aside = (
             self.directory.parent / UNREADABLE_FOLDER / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         _logger.warning(
-            "Checkpoint at step %d in %s is unreadable (%s); moved it to %s and falling "
-            "back to the one before.",
-            step, self.directory, detail, aside,
+            "Checkpoint at step %d in %s is unreadable (%s); moved it to %s%s.",
+            step, self.directory, detail, aside, then,
         )  # fmt: skip
         if jax.process_index() == 0:
             aside.parent.mkdir(exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(aside))
 
-    def _set_aside_damaged_metrics(self) -> None:
-        """Orbax reads every checkpoint's metrics file when it opens the folder for writing,
-        and a damaged one stops it there: such a checkpoint is set aside first, like any
-        unreadable one. (Readers open the folder without reading metrics.)"""
-        for path in sorted(self.directory.glob("*/metrics/metrics")):
-            if not path.parent.parent.name.isdigit():
-                continue
-            try:
-                json.loads(path.read_text())
-            except (OSError, ValueError) as error:
-                step = int(path.parent.parent.name)
-                self.unreadable[step] = error
-                self._move_aside(step, f"its metrics file: {type(error).__name__}: {error}")
+    def _metrics_from_records(self) -> None:
+        """Orbax ranks checkpoints for "best" by a metrics file in each, read when the folder
+        is opened for writing: a damaged one stops it there, and checkpoints saved before
+        these files were kept have none, so the first save would delete the best of them.
+        Each record holds the same metrics: the file is written from it where it is missing
+        or unreadable. A checkpoint whose record is unreadable too is set aside."""
+        if jax.process_index() == 0:
+            steps = [p for p in self.directory.glob("*") if p.name.isdigit() and p.is_dir()]
+            for folder in sorted(steps, key=lambda p: int(p.name)):
+                self._metrics_from_record(folder)
+        if jax.process_count() > 1:  # the others open the folder once it is consistent
+            ocp.multihost.sync_global_processes("vgg_jax_metrics_from_records")
+
+    def _metrics_from_record(self, folder: pathlib.Path) -> None:
+        metrics_file = folder / "metrics" / "metrics"
+        readable = _json_or_none(metrics_file) is not None
+        record = _json_or_none(folder / "record" / "metadata")
+        if record is None:
+            if metrics_file.exists() and not readable:
+                self._move_aside(int(folder.name), "its record and metrics files", "")
+            return  # otherwise found (and set aside) when it is read, as any unreadable one
+        wanted = record.get("metrics")
+        if wanted and not readable:
+            metrics_file.parent.mkdir(exist_ok=True)
+            partial = metrics_file.with_name("metrics.partial")
+            partial.write_text(json.dumps(wanted))
+            os.replace(partial, metrics_file)  # never a half-written metrics file
+        elif not wanted and metrics_file.exists() and not readable:
+            metrics_file.unlink()  # a mid-epoch checkpoint: it has no metrics
 
     def restore_arrays(self, step: int, target: Any = None) -> Any:
         """The state saved at `step`, without its record: shaped like `target`, or without one

@@ -12,12 +12,10 @@ epoch (evaluate, plateau, best, report, save), finish (summary).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
 import pathlib
-import signal
 import time
 from typing import Any
 
@@ -53,14 +51,11 @@ from vgg_jax.training.reports import (
     run_logging,
     write_summary,
 )
+from vgg_jax.training.signals import INTERRUPTED_TWICE, InterruptedTwice, stop_requests
 from vgg_jax.training.steps import init_training, pmapped_steps, replicate, unreplicate
 
-__all__ = ["INTERRUPTED_TWICE", "TrainingError", "train_and_evaluate", "validate_config"]
+__all__ = ["TrainingError", "train_and_evaluate", "validate_config"]
 
-INTERRUPTED_TWICE = (
-    "Interrupted a second time: stopped at once, without saving a checkpoint; rerun the same "
-    "command to resume from the last one saved."
-)
 # A checkpoint can only be resumed by a run that builds the same network on the same data.
 ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", "crop_size")
 
@@ -118,11 +113,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     with run_logging(run.workdir, run.is_main):
         failed = False
         try:
-            set_up(run)
-            with stop_requests() as stop:
+            with stop_requests() as stop:  # from the start: a first Ctrl-C is never fatal
+                set_up(run)
                 while run.step < run.total_steps and stop["signal"] is None:
                     train_epoch(run, stop)
-            return finish(run, stop["signal"])
+                return finish(run, stop["signal"])
         except Exception as error:
             failed = True
             if is_disk_full(error):
@@ -131,7 +126,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                 raise TrainingError(message) from None
             log_fatal(str(error), error)
             raise
-        except KeyboardInterrupt as error:  # a second Ctrl-C: no waiting for a checkpoint
+        except InterruptedTwice as error:  # no waiting for a checkpoint
             failed = True
             log_fatal(INTERRUPTED_TWICE, error)
             raise
@@ -274,6 +269,7 @@ def train_epoch(run: Run, stop: dict) -> None:
             save(run)
     run.progress.close()
     if run.step < epoch_end and stop["signal"] is None:
+        report_skipped(run.skipped, f"epoch {epoch + 1} (training)")
         raise TrainingError(
             f"Epoch {epoch + 1} ended after step {run.step} of {epoch_end}: most of "
             f"{config.train_split!r} could not be read (see the skipped files above)."
@@ -339,6 +335,8 @@ def save(run: Run, metrics: dict | None = None) -> None:
     host_state = unreplicate(run.replicated)
     if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(host_state.params)):
         raise TrainingError(nan_message(run.step, run.checkpoints))
+    # Named in the log before the checkpoint counts them as reported (a resume will not).
+    report_skipped(run.skipped, f"training up to step {run.step}")
     run.record.update(
         config=run.config.to_dict(), step=run.step, metrics=metrics,
         skipped_images=run.skipped.reported(),
@@ -354,7 +352,10 @@ def finish(run: Run, signal_name: str | None) -> dict:
     report_skipped(run.skipped, "the last steps")
     written = run.workdir / "summary.json"
     if run.train_log.first_step_seconds is None and written.exists():
-        summary = json.loads(written.read_text())
+        try:
+            summary = json.loads(written.read_text())
+        except (OSError, ValueError):  # cut short (a full disk): written anew below
+            summary = {}
         if summary.get("step") == run.step:
             logger.info("Nothing to train: the run finished at step %d before.", run.step)
             return summary
@@ -377,28 +378,3 @@ def close(run: Run, failed: bool) -> None:
             logger.warning(
                 "While stopping: %s: %s", type(error).__name__, error, extra={"file_only": True}
             )
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """Turns SIGINT/SIGTERM into a request to stop after the current step (a second one
-    interrupts at once). Yields a dict whose "signal" is set when a stop was asked for."""
-    request: dict[str, Any] = {"signal": None}
-
-    def handler(signum, frame):
-        if request["signal"] is not None:
-            raise KeyboardInterrupt
-        request["signal"] = signal.Signals(signum).name
-        logger.warning("%s received: saving a checkpoint after this step.", request["signal"])
-
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for sig in previous:
-            signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = {}
-    try:
-        yield request
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -90,19 +90,19 @@ class _TrainLogFile(logging.FileHandler):
 
 
 class _OrbaxErrorsToFile(logging.Filter):
-    """A failed background save is reported by each of orbax's threads, with its traceback
-    (500 lines for one full disk), and then raised in the run, which stops with one message
-    saying what happened. Those reports go to train.log only, for debugging."""
+    """A failed background save is reported by each of orbax's threads with its traceback (500
+    lines for one full disk), then raised in the run, which stops with one message saying
+    what happened. On the main process those reports (orbax errors with a traceback) go to
+    train.log only, for debugging; other processes, which have no train.log, print them."""
 
     def __init__(self, to_file: logging.Handler | None):
         super().__init__()
         self.to_file = to_file
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+        if self.to_file is None or not record.exc_info or "orbax" not in record.pathname:
             return True
-        if self.to_file is not None:
-            self.to_file.handle(record)
+        self.to_file.handle(record)
         return False
 
 
