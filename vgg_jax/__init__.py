@@ -8,6 +8,8 @@ logits = model.apply(variables, bigger_images, dense=True)  # dense-evaluation h
 feats = model.apply(variables, images, layers=["conv3_3", "pool5"], method="extract_features")
 model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")   # ImageNet weights
 posteriors = vgg_jax.dense_posteriors(model, variables, preprocess(uint8_images))  # Section 3.2
+lpips, variables = vgg_jax.load_lpips()             # LPIPS distance (vgg_jax.perceptual)
+distances = lpips.apply(variables, images0, images1)        # NHWC in [-1, 1] -> (N,)
 
 Subpackages, each importing only those before it: model, data, weights, training, evaluation.
 `vgg_jax.inference` (classifiers from checkpoints or weights) loads on first use, since it
@@ -50,6 +52,7 @@ from vgg_jax.model.vgg import (
     vgg19,
     vgg19_bn,
 )
+from vgg_jax.perceptual import LPIPS, load_lpips
 from vgg_jax.weights.pretrained import (
     WEIGHTS as PRETRAINED_WEIGHTS,
 )
@@ -61,6 +64,7 @@ from vgg_jax.weights.pretrained import (
 
 __all__ = [
     "CONFIGS",
+    "LPIPS",
     "INIT_SCHEMES",
     "MODEL_NAMES",
     "PRETRAINED_WEIGHTS",
@@ -77,6 +81,7 @@ __all__ = [
     "imagenet_class_names",
     "layer_specs",
     "layer_table",
+    "load_lpips",
     "load_pretrained",
     "local_response_norm",
     "multi_crop_posteriors",

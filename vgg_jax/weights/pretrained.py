@@ -145,10 +145,10 @@ def weights_file(
 
 
 def _fetch_by_hand(weights: PretrainedWeights, cached: pathlib.Path, why: str) -> str:
+    hint = getattr(weights, "load_hint", f"load_pretrained({weights.name!r}, path=...)")
     return (
         f"Could not get the weights {weights.name} ({why}). Download {weights.url} on a machine "
-        f"with internet and put it at {cached}, or pass its path: "
-        f"load_pretrained({weights.name!r}, path=...)."
+        f"with internet and put it at {cached}, or pass its path: {hint}."
     )
 
 

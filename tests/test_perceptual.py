@@ -1,0 +1,145 @@
+"""LPIPS (vgg_jax.perceptual): equal to the `lpips` package on the same backbone, usable in
+training loops (jit, gradients, bfloat16), and one clear error for each bad input."""
+
+import importlib.util
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import TESTS, relative_error
+from safetensors.numpy import save_file
+
+import vgg_jax
+from vgg_jax import perceptual
+from vgg_jax.weights.convert import ConversionError
+
+HAVE_LPIPS = all(importlib.util.find_spec(m) for m in ("lpips", "torchvision"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """lpips's distances and maps (tests/lpips_reference.py) and its random VGG16 backbone,
+    saved as a .safetensors file with torchvision's keys."""
+    folder = tmp_path_factory.mktemp("lpips")
+    script = TESTS / "lpips_reference.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), str(folder / "reference.npz")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    arrays = dict(np.load(folder / "reference.npz"))
+    state = {k.removeprefix("state/"): v for k, v in arrays.items() if k.startswith("state/")}
+    save_file(state, str(folder / "vgg16_random.safetensors"))
+    return arrays, folder / "vgg16_random.safetensors"
+
+
+@pytest.mark.skipif(not HAVE_LPIPS, reason="the lpips package (or torchvision) is not installed")
+def test_lpips_equals_the_lpips_package(reference):
+    """Random pairs and photo pairs (shifted, noised, JPEG-compressed) at 96x128: every
+    distance and every spatial map within 1e-5 relative error. The linear weights are the
+    v0.1 file the package bundles, found without importing it."""
+    arrays, backbone = reference
+    module, variables = vgg_jax.load_lpips(backbone=str(backbone))
+    apply = jax.jit(module.apply, static_argnames="spatial")
+    distances = apply(variables, arrays["images0"], arrays["images1"])
+    maps = apply(variables, arrays["images0"], arrays["images1"], spatial=True)
+    assert distances.shape == (11,) and maps.shape == (11, 96, 128)
+    np.testing.assert_allclose(distances, arrays["distances"], rtol=1e-5)
+    for ours, theirs in zip(maps, arrays["maps"], strict=True):
+        assert relative_error(ours, theirs) < 1e-5
+    # An image against itself is at distance 0.
+    same = apply(variables, arrays["images0"][:2], arrays["images0"][:2])
+    np.testing.assert_allclose(same, 0.0, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def small_lpips():
+    """LPIPS on a random full-width VGG16 with uniform linear weights: what the
+    training-loop and bad-input tests need, without files."""
+    module = perceptual.LPIPS(vgg_jax.vgg16())
+    images = jnp.zeros((1, 32, 32, 3))
+    variables = jax.jit(module.init)(jax.random.key(0), images, images)
+    return module, variables
+
+
+def test_gradient_steps_pull_an_image_towards_its_target(small_lpips):
+    module, variables = small_lpips
+    keys = jax.random.split(jax.random.key(1), 2)
+    target = jax.random.uniform(keys[0], (1, 32, 32, 3), minval=-1, maxval=1)
+    image = jax.random.uniform(keys[1], (1, 32, 32, 3), minval=-1, maxval=1)
+
+    @jax.jit
+    def step(image):  # each pixel moves 0.02 on average, against the gradient
+        distance_to_target = lambda x: module.apply(variables, x, target)[0]  # noqa: E731
+        distance, grad = jax.value_and_grad(distance_to_target)(image)
+        return jnp.clip(image - 0.02 * grad / jnp.abs(grad).mean(), -1, 1), distance
+
+    distances = []
+    for _ in range(8):
+        image, distance = step(image)
+        distances.append(float(distance))
+    assert distances[-1] < 0.8 * distances[0], distances
+    assert all(b <= a * 1.02 for a, b in zip(distances, distances[1:])), distances
+
+
+def test_bfloat16_lpips_is_close_to_float32(small_lpips):
+    module, variables = small_lpips
+    low = perceptual.LPIPS(vgg_jax.vgg16(dtype=jnp.bfloat16))
+    keys = jax.random.split(jax.random.key(2), 2)
+    images = [jax.random.uniform(k, (2, 32, 32, 3), minval=-1, maxval=1) for k in keys]
+    full = module.apply(variables, *images)
+    half = jax.jit(low.apply)(variables, *images)
+    assert half.dtype == jnp.float32  # distances in float32 whatever the compute dtype
+    np.testing.assert_allclose(half, full, rtol=0.05)
+    grad = jax.grad(lambda x: low.apply(variables, x, images[1]).sum())(images[0])
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+
+
+@pytest.mark.parametrize(
+    "images0, images1, message",
+    [
+        ((2, 32, 32, 3), (2, 32, 48, 3), r"one shape; got \(2, 32, 32, 3\) and \(2, 32, 48, 3\)"),
+        ((2, 32, 32, 1), (2, 32, 32, 1), r"NHWC RGB batches \(N, H, W, 3\); got shape"),
+        ((2, 8, 8, 3), (2, 8, 8, 3), "at least 16x16 pixels .* got 8x8"),
+    ],
+)
+def test_images_of_the_wrong_shape_are_refused(small_lpips, images0, images1, message):
+    module, variables = small_lpips
+    with pytest.raises(ValueError, match=message):
+        module.apply(variables, jnp.zeros(images0), jnp.zeros(images1))
+
+
+def test_images_outside_minus_one_to_one_are_refused_when_concrete(small_lpips):
+    module, variables = small_lpips
+    uint8_like = jnp.full((1, 32, 32, 3), 200.0)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]; got values from 200 to 200 .* 127.5 - 1"):
+        module.apply(variables, uint8_like, uint8_like)
+
+
+def test_a_backbone_without_lpips_layers_is_refused_naming_those_that_work():
+    with pytest.raises(ValueError, match="configuration 'A' lacks some. Use one of C, D, E"):
+        perceptual.LPIPS(vgg_jax.vgg11())
+
+
+def test_linear_weights_files_are_checked(tmp_path):
+    wrong_shape = {f"lin{i}.model.1.weight": np.ones((1, 8, 3, 3), np.float32) for i in range(5)}
+    save_file(wrong_shape, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(ConversionError, match=r"lin0.model.1.weight .* has shape \(1, 8, 3, 3\)"):
+        perceptual.read_linear_weights(tmp_path / "wrong.safetensors")
+    save_file({"other": np.ones(3, np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ConversionError, match="not an LPIPS linear-weights file: it has no lin0"):
+        perceptual.read_linear_weights(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="is not the file of lpips.vgg.v0.1: its sha256 is"):
+        perceptual.linear_weights_file(tmp_path / "wrong.safetensors")
+
+
+def test_without_the_package_or_internet_the_error_says_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setattr(perceptual.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError) as error:
+        perceptual.linear_weights_file(cache_dir=tmp_path, download=False)
+    message = str(error.value)
+    assert perceptual.LPIPS_VGG_V0_1.url in message and "load_lpips(linear_path=...)" in message
+    assert str(tmp_path / "lpips_vgg_v0.1.pth") in message

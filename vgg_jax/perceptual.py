@@ -1,0 +1,207 @@
+"""Perceptual similarity on VGG16's features: LPIPS (Zhang, Isola, Efros, Shechtman and Wang,
+"The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", 2018), net "vgg",
+version 0.1, equal to the `lpips` package.
+
+    lpips, variables = vgg_jax.load_lpips()                  # torchvision's VGG16 + v0.1 weights
+    distances = lpips.apply(variables, images0, images1)     # NHWC in [-1, 1] -> (N,)
+    maps = lpips.apply(variables, images0, images1, spatial=True)  # (N, H, W)
+
+LPIPS's learned linear weights (v0.1 `vgg.pth`) come from richzhang/PerceptualSimilarity,
+Copyright (c) 2018, Richard Zhang, Phillip Isola, Alexei A. Efros, Eli Shechtman, Oliver
+Wang; BSD-2-Clause: redistributions must retain that copyright notice, its list of
+conditions and its disclaimer (https://github.com/richzhang/PerceptualSimilarity/blob/master/
+LICENSE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from vgg_jax.model.architectures import CONFIGS, feature_names
+from vgg_jax.model.vgg import VGG
+from vgg_jax.weights import pretrained
+from vgg_jax.weights.convert import ConversionError
+
+# The ReLU outputs LPIPS compares, in vgg_jax's layer names (lpips's relu1_2 ... relu5_3).
+LPIPS_LAYERS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")
+# LPIPS v0.1's ScalingLayer: images in [-1, 1] brought near ImageNet's normalisation.
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+MIN_SIDE = 16  # conv5_3 comes after four 2x2 poolings
+RANGE_SLACK = 1e-3  # what [-1, 1] allows for rounding
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearWeights:
+    """A published file of LPIPS's linear weights (read by vgg_jax.weights.pretrained)."""
+
+    name: str
+    url: str
+    file_hash: str
+    hash_algorithm: str
+    file_name: str
+    package_path: str  # where the `lpips` pip package bundles the same file
+    load_hint: str
+
+
+LPIPS_VGG_V0_1 = LinearWeights(
+    name="lpips.vgg.v0.1",
+    url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",
+    file_hash="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+    hash_algorithm="sha256",
+    file_name="lpips_vgg_v0.1.pth",
+    package_path="weights/v0.1/vgg.pth",
+    load_hint="load_lpips(linear_path=...)",
+)
+
+
+def lpips_backbones() -> list[str]:
+    """The configurations that have every layer LPIPS compares."""
+    return [c for c in CONFIGS if set(LPIPS_LAYERS) <= set(feature_names(c))]
+
+
+class LPIPS(nn.Module):
+    """LPIPS distances between two batches of NHWC images in [-1, 1]: (N,) distances, or with
+    spatial=True (N, H, W) maps (each layer's map upsampled bilinearly, as lpips does).
+
+    Checked before any compute: both batches have one shape, 3 channels, sides of at least
+    16 pixels; and, when the images are concrete arrays rather than traced under jit, that
+    their values lie in [-1, 1] (one min/max each).
+    """
+
+    backbone: VGG
+    epsilon: float = 1e-10  # lpips's normalize_tensor
+
+    def __post_init__(self):
+        if self.backbone.config not in lpips_backbones():
+            raise ValueError(
+                f"LPIPS compares {', '.join(LPIPS_LAYERS)}; configuration "
+                f"{self.backbone.config!r} lacks some. Use one of {', '.join(lpips_backbones())} "
+                f"(VGG16 is the reference)."
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, images0: jax.Array, images1: jax.Array, spatial: bool = False):
+        check_image_pair(images0, images1)
+        shift, scale = jnp.asarray(LPIPS_SHIFT), jnp.asarray(LPIPS_SCALE)
+        both = (jnp.concatenate([images0, images1]) - shift) / scale
+        features = self.backbone.extract_features(both, LPIPS_LAYERS)
+        total = 0.0
+        for name in LPIPS_LAYERS:
+            feature = features[name].astype(jnp.float32)
+            weights = self.param(f"linear_{name}", _average, (feature.shape[-1],), jnp.float32)
+            unit = feature / (jnp.sqrt(jnp.sum(feature**2, -1, keepdims=True)) + self.epsilon)
+            first, second = jnp.split(unit, 2)
+            weighted = jnp.einsum("nhwc,c->nhw", (first - second) ** 2, weights)
+            if spatial:
+                shape = (weighted.shape[0], *images0.shape[1:3])
+                total = total + jax.image.resize(weighted, shape, "linear", antialias=False)
+            else:
+                total = total + jnp.mean(weighted, axis=(1, 2))
+        return total
+
+
+def _average(key, shape, dtype):
+    return jnp.full(shape, 1.0 / shape[0], dtype)
+
+
+def check_image_pair(images0, images1) -> None:
+    shape0, shape1 = jnp.shape(images0), jnp.shape(images1)
+    if shape0 != shape1:
+        raise ValueError(f"LPIPS compares images of one shape; got {shape0} and {shape1}.")
+    if len(shape0) != 4 or shape0[-1] != 3:
+        raise ValueError(f"LPIPS takes NHWC RGB batches (N, H, W, 3); got shape {shape0}.")
+    if min(shape0[1:3]) < MIN_SIDE:
+        raise ValueError(
+            f"LPIPS needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels (conv5_3 comes after "
+            f"four poolings); got {shape0[1]}x{shape0[2]}."
+        )
+    for images in (images0, images1):
+        if isinstance(images, jax.core.Tracer):
+            continue  # under jit: values unknown until it runs
+        values = np.asarray(images)  # on the host: under jit, jnp would trace even a constant
+        low, high = float(values.min()), float(values.max())
+        if low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK:
+            raise ValueError(
+                f"LPIPS takes images in [-1, 1]; got values from {low:.3g} to {high:.3g} "
+                f"(for images in [0, 1] pass 2 * x - 1; for uint8, x / 127.5 - 1)."
+            )
+
+
+def load_lpips(
+    backbone: str = "vgg16.tv_in1k",
+    backbone_path=None,
+    linear_path=None,
+    cache_dir=None,
+    download: bool = True,
+    dtype=jnp.float32,
+) -> tuple[LPIPS, dict]:
+    """(LPIPS module, variables): the backbone from the weights registry (or its file at
+    `backbone_path`), or a weights file of a VGG16 given as `backbone`; the v0.1 linear
+    weights from `linear_path`, else from the `lpips` package where installed, else from the
+    cache or downloaded (their hash checked either way)."""
+    if pathlib.Path(str(backbone)).expanduser().is_file():
+        model, variables, _ = pretrained.model_from_file(backbone, "vgg16", dtype=dtype)
+    else:
+        model, variables, _ = pretrained.load_pretrained(
+            backbone, path=backbone_path, cache_dir=cache_dir, download=download, dtype=dtype
+        )
+    module = LPIPS(model)
+    linear = read_linear_weights(linear_weights_file(linear_path, cache_dir, download))
+    expected = jax.eval_shape(
+        module.init, jax.random.key(0), *[jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)] * 2
+    )["params"]
+    params = {"backbone": {}}
+    for name in LPIPS_LAYERS:
+        want = expected[f"linear_{name}"].shape
+        if linear[name].shape != want:
+            raise ConversionError(
+                f"LPIPS's linear weights for {name} have shape {linear[name].shape}; the "
+                f"backbone gives {name} {want[0]} channels. Is this a VGG16 LPIPS file?"
+            )
+        params[f"linear_{name}"] = jnp.asarray(linear[name])
+    for layer in expected["backbone"]:  # the conv layers up to conv5_3; the head is not used
+        params["backbone"][layer] = variables["params"][layer]
+    return module, {"params": params}
+
+
+def linear_weights_file(path=None, cache_dir=None, download: bool = True) -> pathlib.Path:
+    """`path` (hash checked), else the copy the `lpips` package bundles, else the cache or a
+    download."""
+    weights = LPIPS_VGG_V0_1
+    if path is None:
+        spec = importlib.util.find_spec("lpips")  # found without importing it (and PyTorch)
+        if spec is not None and spec.submodule_search_locations:
+            bundled = pathlib.Path(spec.submodule_search_locations[0]) / weights.package_path
+            if bundled.is_file():
+                path = bundled
+    return pretrained.weights_file(weights, path=path, cache_dir=cache_dir, download=download)
+
+
+def read_linear_weights(path: pathlib.Path) -> dict:
+    """{layer name: (C,) weights} from lpips's file (lin0.model.1.weight ... of shape
+    (1, C, 1, 1)); a clear error for another file."""
+    arrays = pretrained.read_arrays(pathlib.Path(path), "torch")
+    linear = {}
+    for index, name in enumerate(LPIPS_LAYERS):
+        key = f"lin{index}.model.1.weight"
+        if key not in arrays:
+            raise ConversionError(
+                f"{path} is not an LPIPS linear-weights file: it has no {key} (found "
+                f"{', '.join(sorted(arrays)[:6])})."
+            )
+        weight = arrays[key]
+        if weight.ndim != 4 or weight.shape[0] != 1 or weight.shape[2:] != (1, 1):
+            raise ConversionError(
+                f"{key} in {path} has shape {weight.shape}; LPIPS's are (1, C, 1, 1)."
+            )
+        linear[name] = weight.reshape(-1)
+    return linear
