@@ -143,3 +143,109 @@ def test_without_the_package_or_internet_the_error_says_what_to_fetch(tmp_path, 
     message = str(error.value)
     assert perceptual.LPIPS_VGG_V0_1.url in message and "load_lpips(linear_path=...)" in message
     assert str(tmp_path / "lpips_vgg_v0.1.pth") in message
+
+
+# ------------------------------------------------------------------ feature and style losses
+
+
+def test_gram_matrices_and_losses_by_their_definitions():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+    other = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+    flat = features.reshape(2, 35, 3)
+    expected = np.stack([f.T @ f for f in flat]) / (3 * 5 * 7)  # Johnson et al.'s G / (C H W)
+    np.testing.assert_allclose(vgg_jax.gram_matrix(features), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        vgg_jax.feature_loss(features, other), ((features - other) ** 2).mean(axis=(1, 2, 3)),
+        rtol=1e-5,
+    )  # fmt: skip
+    grams = [vgg_jax.gram_matrix(x) for x in (features, other)]
+    np.testing.assert_allclose(
+        vgg_jax.style_loss(features, other), ((grams[0] - grams[1]) ** 2).sum(axis=(1, 2)),
+        rtol=1e-5,
+    )  # fmt: skip
+    # Style ignores where things are; content does not.
+    shuffled = flat[:, rng.permutation(35)].reshape(features.shape)
+    np.testing.assert_allclose(vgg_jax.style_loss(features, shuffled), 0.0, atol=1e-10)
+    assert np.all(vgg_jax.feature_loss(features, shuffled) > 0.1)
+
+
+@pytest.fixture(scope="module")
+def narrow_vgg16():
+    model = vgg_jax.vgg16(width=1 / 8, fc_features=16, num_classes=5)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    return model, variables
+
+
+def test_perceptual_loss_adds_the_weighted_layer_losses(narrow_vgg16):
+    model, variables = narrow_vgg16
+    from vgg_jax.data.normalization import IMAGENET_NORMALIZATION as preprocess
+
+    keys = jax.random.split(jax.random.key(3), 3)
+    images, content = (jax.random.uniform(k, (2, 32, 32, 3), maxval=255) for k in keys[:2])
+    style = jax.random.uniform(keys[2], (1, 48, 40, 3), maxval=255)  # one, of another size
+    content_layers, style_layers = {"conv2_2": 2.0}, {"conv1_2": 1.0, "conv3_3": 0.5}
+    loss = vgg_jax.perceptual_loss(
+        model, variables, preprocess, images, content, style, content_layers, style_layers
+    )
+    layers = ["conv1_2", "conv2_2", "conv3_3"]
+    features = [
+        model.apply(variables, preprocess(x), layers=layers, method="extract_features")
+        for x in (images, content, style)
+    ]
+    expected = 2.0 * vgg_jax.feature_loss(features[0]["conv2_2"], features[1]["conv2_2"])
+    for name, weight in style_layers.items():
+        grams = vgg_jax.gram_matrix(features[0][name]), vgg_jax.gram_matrix(features[2][name])
+        expected += weight * ((grams[0] - grams[1]) ** 2).sum(axis=(1, 2))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    same = vgg_jax.perceptual_loss(model, variables, preprocess, images, images, images)
+    np.testing.assert_allclose(same, 0.0, atol=1e-8)
+
+
+def test_perceptual_loss_pulls_an_image_towards_its_content(narrow_vgg16):
+    model, variables = narrow_vgg16
+    from vgg_jax.data.normalization import IMAGENET_NORMALIZATION as preprocess
+
+    keys = jax.random.split(jax.random.key(4), 2)
+    image, content = (jax.random.uniform(k, (1, 32, 32, 3), maxval=255) for k in keys)
+    loss = jax.jit(lambda x: vgg_jax.perceptual_loss(model, variables, preprocess, x, content)[0])
+    grad = jax.jit(jax.grad(loss))
+    losses = [float(loss(image))]
+    for _ in range(5):
+        g = grad(image)
+        image = jnp.clip(image - 4.0 * g / jnp.abs(g).mean(), 0, 255)
+        losses.append(float(loss(image)))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"content_layers": {"relu3_3": 1.0}}, r"Layers \['relu3_3'\] are not layers of .*'D'"),
+        ({"content": None}, "Layers none are not layers"),
+        ({"content": np.zeros((2, 40, 32, 3))}, r"content images must have the images' shape"),
+    ],
+)
+def test_perceptual_loss_refuses_bad_layers_and_targets(narrow_vgg16, arguments, message):
+    model, variables = narrow_vgg16
+    options = {"content": np.zeros((2, 32, 32, 3)), **arguments}
+    with pytest.raises(ValueError, match=message):
+        vgg_jax.perceptual_loss(model, variables, lambda x: x, np.zeros((2, 32, 32, 3)), **options)
+
+
+def test_average_pooling_uses_the_same_weights(narrow_vgg16):
+    model, variables = narrow_vgg16
+    averaging = vgg_jax.vgg16(width=1 / 8, fc_features=16, num_classes=5, pooling="avg")
+    again = jax.jit(averaging.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    jax.tree.map(np.testing.assert_array_equal, again, variables)  # same tree, same values
+    x = jax.random.normal(jax.random.key(5), (1, 32, 32, 3))
+    pooled = {
+        pooling: vgg.apply(variables, x, layers=["conv1_2", "pool1"], method="extract_features")
+        for pooling, vgg in (("max", model), ("avg", averaging))
+    }
+    conv = np.asarray(pooled["avg"]["conv1_2"])
+    windows = conv.reshape(1, 16, 2, 16, 2, -1)
+    np.testing.assert_allclose(pooled["avg"]["pool1"], windows.mean(axis=(2, 4)), rtol=1e-6)
+    np.testing.assert_allclose(pooled["max"]["pool1"], windows.max(axis=(2, 4)), rtol=1e-6)
+    with pytest.raises(ValueError, match="pooling must be one of max, avg; got 'mean'"):
+        vgg_jax.vgg16(pooling="mean")

@@ -241,6 +241,13 @@ def test_download_checks_the_hash_and_caches(tmp_path, monkeypatch):
     assert preprocess is IMAGENET_NORMALIZATION
     images = np.full((1, 64, 64, 3), 124, np.uint8)
     assert loaded_model.apply(loaded, preprocess(images)).shape == (1, 1000)
+    # The same weights load into Gatys et al.'s average-pooling network.
+    averaging, same, _ = vgg_jax.load_pretrained(
+        "tiny.test", cache_dir=cache, width=SMALL["width"], fc_features=SMALL["fc_features"],
+        pooling="avg",
+    )  # fmt: skip
+    assert averaging.pooling == "avg"
+    jax.tree.map(np.testing.assert_array_equal, same, loaded)
 
 
 def test_offline_without_a_file_says_what_to_fetch_and_where(tmp_path):

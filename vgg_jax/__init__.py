@@ -52,7 +52,15 @@ from vgg_jax.model.vgg import (
     vgg19,
     vgg19_bn,
 )
-from vgg_jax.perceptual import LPIPS, load_lpips
+from vgg_jax.perceptual import (
+    LPIPS,
+    content_loss,
+    feature_loss,
+    gram_matrix,
+    load_lpips,
+    perceptual_loss,
+    style_loss,
+)
 from vgg_jax.weights.pretrained import (
     WEIGHTS as PRETRAINED_WEIGHTS,
 )
@@ -64,20 +72,23 @@ from vgg_jax.weights.pretrained import (
 
 __all__ = [
     "CONFIGS",
-    "LPIPS",
     "INIT_SCHEMES",
+    "LPIPS",
     "MODEL_NAMES",
     "PRETRAINED_WEIGHTS",
     "PROTOCOLS",
     "VGG",
     "LayerSpec",
     "center_posteriors",
+    "content_loss",
     "count_params",
     "create_model",
     "dense_posteriors",
     "downsampling_factor",
     "export_torch_state_dict",
+    "feature_loss",
     "feature_names",
+    "gram_matrix",
     "imagenet_class_names",
     "layer_specs",
     "layer_table",
@@ -85,8 +96,10 @@ __all__ = [
     "load_pretrained",
     "local_response_norm",
     "multi_crop_posteriors",
+    "perceptual_loss",
     "protocol_posteriors",
     "save_safetensors",
+    "style_loss",
     "vgg11",
     "vgg11_bn",
     "vgg11_lrn",

@@ -1,10 +1,13 @@
-"""Perceptual similarity on VGG16's features: LPIPS (Zhang, Isola, Efros, Shechtman and Wang,
+"""Perceptual similarity on VGG's features: LPIPS (Zhang, Isola, Efros, Shechtman and Wang,
 "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", 2018), net "vgg",
-version 0.1, equal to the `lpips` package.
+version 0.1, equal to the `lpips` package; and the feature and style losses of Gatys, Ecker
+and Bethge (2016) and Johnson, Alahi and Fei-Fei (2016).
 
     lpips, variables = vgg_jax.load_lpips()                  # torchvision's VGG16 + v0.1 weights
     distances = lpips.apply(variables, images0, images1)     # NHWC in [-1, 1] -> (N,)
     maps = lpips.apply(variables, images0, images1, spatial=True)  # (N, H, W)
+    model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")
+    loss = vgg_jax.perceptual_loss(model, variables, preprocess, images, content, style)
 
 LPIPS's learned linear weights (v0.1 `vgg.pth`) come from richzhang/PerceptualSimilarity,
 Copyright (c) 2018, Richard Zhang, Phillip Isola, Alexei A. Efros, Eli Shechtman, Oliver
@@ -205,3 +208,82 @@ def read_linear_weights(path: pathlib.Path) -> dict:
             )
         linear[name] = weight.reshape(-1)
     return linear
+
+
+# The papers' layers, in vgg_jax's names (each the ReLU output of that conv), with weights.
+# Johnson et al. (VGG16, style transfer): feature reconstruction at relu2_2, style at relu1_2,
+# relu2_2, relu3_3 and relu4_3. Gatys et al. (VGG19, average pooling): content at conv4_2,
+# style at conv1_1 ... conv5_1, each weighted 1/5.
+JOHNSON_CONTENT_LAYERS = {"conv2_2": 1.0}
+JOHNSON_STYLE_LAYERS = {"conv1_2": 1.0, "conv2_2": 1.0, "conv3_3": 1.0, "conv4_3": 1.0}
+GATYS_CONTENT_LAYERS = {"conv4_2": 1.0}
+GATYS_STYLE_LAYERS = {f"conv{block}_1": 0.2 for block in range(1, 6)}
+
+
+def gram_matrix(features: jax.Array) -> jax.Array:
+    """(N, H, W, C) features -> (N, C, C) Gram matrices divided by C*H*W (Johnson et al.'s
+    normalisation; Gatys et al.'s 1/(4 N^2 M^2) is this one's square, times 1/4)."""
+    n, h, w, c = features.shape
+    flat = features.reshape(n, h * w, c).astype(jnp.float32)
+    return jnp.einsum("nkc,nkd->ncd", flat, flat) / (c * h * w)
+
+
+def feature_loss(features: jax.Array, targets: jax.Array) -> jax.Array:
+    """Johnson et al.'s feature reconstruction loss, per image: the squared Euclidean distance
+    of the feature maps divided by C*H*W (their mean squared difference). (N,)"""
+    difference = features.astype(jnp.float32) - targets.astype(jnp.float32)
+    return jnp.mean(difference**2, axis=(1, 2, 3))
+
+
+content_loss = feature_loss  # Gatys et al.'s name for it
+
+
+def style_loss(features: jax.Array, targets: jax.Array) -> jax.Array:
+    """The squared Frobenius distance of the two Gram matrices (gram_matrix), per image. (N,)"""
+    return jnp.sum((gram_matrix(features) - gram_matrix(targets)) ** 2, axis=(1, 2))
+
+
+def perceptual_loss(
+    model: VGG,
+    variables: dict,
+    preprocess,
+    images: jax.Array,
+    content: jax.Array | None = None,
+    style: jax.Array | None = None,
+    content_layers: dict[str, float] = JOHNSON_CONTENT_LAYERS,
+    style_layers: dict[str, float] = JOHNSON_STYLE_LAYERS,
+) -> jax.Array:
+    """sum_l w_l feature_loss at the content layers against `content` plus sum_l w_l
+    style_loss at the style layers against `style`, per image (N,). Images are RGB 0-255
+    (uint8 or float), as `preprocess` (the weights' normalisation, from load_pretrained)
+    takes them; `content` has the images' shape, `style` may be one image of any size for the
+    whole batch. For Gatys et al.'s setting use vgg19 with pooling="avg" and the GATYS_*
+    layers."""
+    wanted = {**(content_layers if content is not None else {}),
+              **(style_layers if style is not None else {})}  # fmt: skip
+    valid = feature_names(model.config)
+    unknown = [name for name in wanted if name not in valid]
+    if unknown or not wanted:
+        raise ValueError(
+            f"Layers {unknown or 'none'} are not layers of configuration {model.config!r} to "
+            f"compare (give content and/or style images, and layers among {', '.join(valid)})."
+        )
+    if content is not None and jnp.shape(content) != jnp.shape(images):
+        raise ValueError(
+            f"The content images must have the images' shape {jnp.shape(images)}; got "
+            f"{jnp.shape(content)}."
+        )
+    layers = tuple(dict.fromkeys(wanted))
+    extract = lambda x: model.apply(variables, preprocess(x), layers=layers,  # noqa: E731
+                                    method="extract_features")  # fmt: skip
+    features = extract(images)
+    total = jnp.zeros(jnp.shape(images)[0], jnp.float32)
+    if content is not None:
+        targets = extract(content)
+        for name, weight in content_layers.items():
+            total = total + weight * feature_loss(features[name], targets[name])
+    if style is not None:
+        targets = extract(style)
+        for name, weight in style_layers.items():  # Grams are C x C: any style image size
+            total = total + weight * style_loss(features[name], targets[name])
+    return total

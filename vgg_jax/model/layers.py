@@ -56,6 +56,15 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """Average pooling on the same windows: Gatys et al.'s choice for image synthesis, where
+    it gives smoother gradients; it has no parameters, so the same weights serve both."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+POOLINGS = {"max": max_pool_2x2, "avg": avg_pool_2x2}
+
+
 def dense_shaped_init(init: Callable) -> Callable:
     """Initialises a (h, w, c, out) FC6 kernel exactly as the (h*w*c, out) dense layer it is.
 

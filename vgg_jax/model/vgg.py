@@ -18,10 +18,10 @@ from vgg_jax.model.architectures import (
 )
 from vgg_jax.model.initializers import InitScheme, init_scheme
 from vgg_jax.model.layers import (
+    POOLINGS,
     SlidingFullyConnected,
     dense_shaped_init,
     local_response_norm,
-    max_pool_2x2,
     relu,
 )
 
@@ -44,6 +44,8 @@ class VGG(nn.Module):
       in_channels: channels the input must have.
       dtype: computation dtype (e.g. jnp.bfloat16); logits are returned in float32.
       param_dtype: storage dtype of the parameters.
+      pooling: "max" (the paper's) or "avg" (Gatys et al.'s, for image synthesis); the
+        parameters are the same either way.
 
     Calling the module returns logits through the classic head (pool5 flattened into FC6), or
     with dense=True through the dense-evaluation head (FC6 slid over the pool5 map as a
@@ -65,9 +67,12 @@ class VGG(nn.Module):
     in_channels: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    pooling: str = "max"
 
     def __post_init__(self):
         resolve_config(self.config)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}.")
         init_scheme(self.init_scheme)
         _check_positive_int("num_classes", self.num_classes)
         _check_positive_int("fc_features", self.fc_features)
@@ -151,7 +156,7 @@ class VGG(nn.Module):
             elif spec.kind == "lrn":
                 x = local_response_norm(x)
             else:
-                x = max_pool_2x2(x)
+                x = POOLINGS[self.pooling](x)
             if record(spec.name, x):
                 return None, features
 
