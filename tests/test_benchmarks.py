@@ -122,3 +122,23 @@ def test_input_pipeline_benchmark_times_generated_jpegs(tmp_path):
     assert [(r["augmentation"], r["cores"]) for r in rates] == [("inception", 1)]
     assert all(r["images_per_second"] > 0 for r in rates)
     assert "inception            1 cores:" in completed.stdout
+
+
+def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_path):
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "lpips_speed.py"), "--size", "32",
+        "--batch", "1", "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "lpips.json"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "lpips.json").read_text())
+    assert set(results["pairs_per_second"]) == {
+        "vgg_jax forward", "vgg_jax forward+backward", "VGG16 to conv5_3 alone (2 images a pair)",
+        "lpips forward", "lpips forward+backward",
+    }  # fmt: skip
+    assert all(rate["median"] > 0 for rate in results["pairs_per_second"].values())
+    assert set(results["ratios"]) == {
+        "vgg_jax forward / backbone floor", "vgg_jax / lpips, forward",
+        "vgg_jax / lpips, forward+backward",
+    }  # fmt: skip
+    assert "vgg_jax / lpips, forward" in completed.stdout

@@ -62,7 +62,7 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-POOLINGS = {"max": max_pool_2x2, "avg": avg_pool_2x2}
+POOLINGS = ("max", "avg")  # VGG(pooling=...): max_pool_2x2 or avg_pool_2x2
 
 
 def dense_shaped_init(init: Callable) -> Callable:

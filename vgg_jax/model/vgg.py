@@ -20,8 +20,10 @@ from vgg_jax.model.initializers import InitScheme, init_scheme
 from vgg_jax.model.layers import (
     POOLINGS,
     SlidingFullyConnected,
+    avg_pool_2x2,
     dense_shaped_init,
     local_response_norm,
+    max_pool_2x2,
     relu,
 )
 
@@ -155,8 +157,8 @@ class VGG(nn.Module):
                 x = relu(x)
             elif spec.kind == "lrn":
                 x = local_response_norm(x)
-            else:
-                x = POOLINGS[self.pooling](x)
+            else:  # (looked up by name here, so benchmarks/variants.py can swap it)
+                x = max_pool_2x2(x) if self.pooling == "max" else avg_pool_2x2(x)
             if record(spec.name, x):
                 return None, features
 
