@@ -70,6 +70,8 @@ def check_pretrained(text):
     assert 0 < float(losses["a noisy cat"]) < float(losses["the coffee"])
     step = re.search(r"one gradient step on the noisy cat: ([\d.]+) -> ([\d.]+)", text)
     assert step and float(step[2]) < float(step[1])  # the step brought it closer
+    pulled = re.search(r"LPIPS to the target: ([\d.]+) -> ([\d.]+)", text)
+    assert pulled and float(pulled[2]) < 0.8 * float(pulled[1])  # LPIPS's steps, too
 
 
 CHECKS = {
