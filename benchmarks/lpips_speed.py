@@ -7,7 +7,8 @@ VGG16 forward to conv5_3 alone allows, LPIPS's floor.
     python benchmarks/lpips_speed.py --size 64 --batch 2 --repeats 2 --json out.json
 
 Both sides use a random VGG16 and uniform linear weights (speed does not depend on the
-values) and float32, and run on whatever cores the process may use (pin it with taskset).
+values) and float32. On a GPU machine both run on the GPU (JAX's default device; PyTorch's
+"cuda"); on CPU, on whatever cores the process may use (pin it with taskset).
 Each rate is the median of --repeats timed runs after an untimed warm-up (compilation), with
 the spread.
 """
@@ -75,20 +76,25 @@ def torch_rows(args) -> dict:
     import lpips
     import torch
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    finish = torch.cuda.synchronize if device == "cuda" else lambda: None
     torch.manual_seed(0)
-    model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False).eval()
+    model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+    model = model.eval().to(device)
     shape = (args.batch, 3, args.size, args.size)
-    images0, images1 = torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1
+    images0, images1 = (torch.rand(shape, device=device) * 2 - 1 for _ in range(2))
 
     def forward(count):
         with torch.no_grad():
             for _ in range(count):
                 model(images0, images1)
+        finish()
 
     def backward(count):
         for _ in range(count):
             image = images0.clone().requires_grad_(True)
             model(image, images1).sum().backward()
+        finish()
 
     return {
         "lpips forward": timed_rate(forward, args.steps, args.repeats, args.batch),
@@ -98,14 +104,17 @@ def torch_rows(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import jax
+
     cores = len(os.sched_getaffinity(0))
+    where = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {cores} host cores"
     rows = jax_rows(args)
     if not args.skip_torch:
         import torch
 
         torch.set_num_threads(cores)
         rows.update(torch_rows(args))
-    print(f"LPIPS pairs/s at {args.size}x{args.size}, batch {args.batch}, {cores} cores:")
+    print(f"LPIPS pairs/s at {args.size}x{args.size}, batch {args.batch}, on {where}:")
     for name, rate in rows.items():
         print(f"  {name:42} {rate['median']:8.2f}  ({rate['min']:.2f}-{rate['max']:.2f})")
     ratios = {}
@@ -117,8 +126,8 @@ def main(argv=None) -> dict:
             ratios[f"vgg_jax / lpips, {mode}"] = ratio
     for name, ratio in ratios.items():
         print(f"  {name:42} {ratio:8.2f}x")
-    results = {"size": args.size, "batch": args.batch, "cores": cores, "pairs_per_second": rows,
-               "ratios": ratios}  # fmt: skip
+    results = {"size": args.size, "batch": args.batch, "cores": cores, "device": where,
+               "pairs_per_second": rows, "ratios": ratios}  # fmt: skip
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
     return results

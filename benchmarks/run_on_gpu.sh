@@ -17,6 +17,10 @@ export XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/xla_dump --xla_dump_hlo_as_t
   --xla_dump_hlo_module_re=.*(fun|apply).*"
 python3 benchmarks/throughput.py --out "$OUT" --profile /tmp/vgg_profile "$@" 2>&1 | tee "$OUT/log.txt"
 python3 benchmarks/profile_summary.py /tmp/vgg_profile --top 40 >"$OUT/profile.txt" 2>&1
+# LPIPS against the lpips package on the same GPU (its wheel in .whl/, as the image lacks it).
+if python3 -c "import lpips" 2>/dev/null; then LPIPS_TORCH=""; else LPIPS_TORCH="--skip-torch"; fi
+XLA_FLAGS= python3 benchmarks/lpips_speed.py $LPIPS_TORCH --json "$OUT/lpips.json" 2>&1 \
+  | tee "$OUT/lpips.txt"
 cp "$(find /tmp/vgg_profile -name '*.trace.json.gz' | head -1)" "$OUT/trace.json.gz"
 tar czf "$OUT/hlo.tgz" -C /tmp/xla_dump $(cd /tmp/xla_dump && ls | grep "after_optimizations.txt$")
 ls -la "$OUT"

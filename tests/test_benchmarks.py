@@ -141,4 +141,8 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
         "vgg_jax forward / backbone floor", "vgg_jax / lpips, forward",
         "vgg_jax / lpips, forward+backward",
     }  # fmt: skip
-    assert "vgg_jax / lpips, forward" in completed.stdout
+    assert "vgg_jax / lpips, forward" in completed.stdout and "on cpu (cpu)" in completed.stdout
+    # Where the lpips package is missing (the GPU image), the vgg_jax rows alone.
+    alone = subprocess.run([*command, "--skip-torch"], capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "lpips forward" not in alone.stdout and "vgg_jax forward+backward" in alone.stdout
