@@ -38,7 +38,7 @@ def reference(tmp_path_factory):
 
 @pytest.mark.skipif(not HAVE_LPIPS, reason="the lpips package (or torchvision) is not installed")
 def test_lpips_equals_the_lpips_package(reference):
-    """Random pairs and photo pairs (shifted, noised, JPEG-compressed) at 96x128: every
+    """Random pairs and photo pairs (shifted, noised, JPEG-compressed) at 100x150: every
     distance and every spatial map within 1e-5 relative error. The linear weights are the
     v0.1 file the package bundles, found without importing it."""
     arrays, backbone = reference
@@ -46,7 +46,7 @@ def test_lpips_equals_the_lpips_package(reference):
     apply = jax.jit(module.apply, static_argnames="spatial")
     distances = apply(variables, arrays["images0"], arrays["images1"])
     maps = apply(variables, arrays["images0"], arrays["images1"], spatial=True)
-    assert distances.shape == (11,) and maps.shape == (11, 96, 128)
+    assert distances.shape == (11,) and maps.shape == (11, 100, 150)
     np.testing.assert_allclose(distances, arrays["distances"], rtol=1e-5)
     for ours, theirs in zip(maps, arrays["maps"], strict=True):
         assert relative_error(ours, theirs) < 1e-5
@@ -119,9 +119,25 @@ def test_images_outside_minus_one_to_one_are_refused_when_concrete(small_lpips):
         module.apply(variables, uint8_like, uint8_like)
 
 
-def test_a_backbone_without_lpips_layers_is_refused_naming_those_that_work():
-    with pytest.raises(ValueError, match="configuration 'A' lacks some. Use one of C, D, E"):
-        perceptual.LPIPS(vgg_jax.vgg11())
+@pytest.mark.parametrize(
+    "backbone",
+    [vgg_jax.vgg11(), vgg_jax.vgg19(), vgg_jax.vgg16_bn(), vgg_jax.vgg16(pooling="avg")],
+    ids=["vgg11", "vgg19", "vgg16_bn", "vgg16 avg"],
+)
+def test_lpips_refuses_any_backbone_but_the_one_its_weights_were_fitted_to(backbone):
+    with pytest.raises(ValueError, match="defined on VGG16 .configuration D. without batch norm"):
+        perceptual.LPIPS(backbone)
+
+
+def test_load_lpips_refuses_caffe_weights(tmp_path, monkeypatch):
+    """The Caffe weights expect 0-255 minus the mean; LPIPS's scaling gives them inputs 58x
+    smaller: wrong distances, so an error instead."""
+    monkeypatch.setattr(
+        perceptual.pretrained, "load_pretrained",
+        lambda *a, **k: (vgg_jax.vgg16(), {}, perceptual.pretrained.CAFFE_NORMALIZATION),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"Caffe's 0-255 minus the mean\). Use vgg16.tv_in1k"):
+        vgg_jax.load_lpips("vgg16.caffe_in1k")
 
 
 def test_linear_weights_files_are_checked(tmp_path):
@@ -222,7 +238,8 @@ def test_perceptual_loss_pulls_an_image_towards_its_content(narrow_vgg16):
     "arguments, message",
     [
         ({"content_layers": {"relu3_3": 1.0}}, r"Layers \['relu3_3'\] are not layers of .*'D'"),
-        ({"content": None}, "Layers none are not layers"),
+        ({"content": None}, "Give content images, a style image, or both"),
+        ({"style": np.zeros((3, 32, 32, 3))}, r"one style image or one per image \(2\); got 3"),
         ({"content": np.zeros((2, 40, 32, 3))}, r"content images must have the images' shape"),
     ],
 )

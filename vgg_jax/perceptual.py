@@ -21,13 +21,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import pathlib
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vgg_jax.model.architectures import CONFIGS, feature_names
+from vgg_jax.data.normalization import IMAGENET_NORMALIZATION
+from vgg_jax.model.architectures import feature_names
 from vgg_jax.model.vgg import VGG
 from vgg_jax.weights import pretrained
 from vgg_jax.weights.convert import ConversionError
@@ -65,29 +68,27 @@ LPIPS_VGG_V0_1 = LinearWeights(
 )
 
 
-def lpips_backbones() -> list[str]:
-    """The configurations that have every layer LPIPS compares."""
-    return [c for c in CONFIGS if set(LPIPS_LAYERS) <= set(feature_names(c))]
-
-
 class LPIPS(nn.Module):
     """LPIPS distances between two batches of NHWC images in [-1, 1]: (N,) distances, or with
     spatial=True (N, H, W) maps (each layer's map upsampled bilinearly, as lpips does).
 
     Checked before any compute: both batches have one shape, 3 channels, sides of at least
     16 pixels; and, when the images are concrete arrays rather than traced under jit, that
-    their values lie in [-1, 1] (one min/max each).
+    their values lie in [-1, 1] (a min/max on the host: under jit this costs nothing).
+    `spatial` is static: under jax.jit pass it by name, with static_argnames="spatial".
     """
 
     backbone: VGG
     epsilon: float = 1e-10  # lpips's normalize_tensor
 
     def __post_init__(self):
-        if self.backbone.config not in lpips_backbones():
+        backbone = self.backbone
+        if backbone.config != "D" or backbone.batch_norm or backbone.pooling != "max":
             raise ValueError(
-                f"LPIPS compares {', '.join(LPIPS_LAYERS)}; configuration "
-                f"{self.backbone.config!r} lacks some. Use one of {', '.join(lpips_backbones())} "
-                f"(VGG16 is the reference)."
+                f"LPIPS (net 'vgg') is defined on VGG16 (configuration D) without batch norm, "
+                f"with max pooling, the network its linear weights were fitted to; got "
+                f"configuration {backbone.config!r}, batch_norm={backbone.batch_norm}, "
+                f"pooling={backbone.pooling!r}."
             )
         super().__post_init__()
 
@@ -152,10 +153,15 @@ def load_lpips(
     weights from `linear_path`, else from the `lpips` package where installed, else from the
     cache or downloaded (their hash checked either way)."""
     if pathlib.Path(str(backbone)).expanduser().is_file():
-        model, variables, _ = pretrained.model_from_file(backbone, "vgg16", dtype=dtype)
+        model, variables, preprocess = pretrained.model_from_file(backbone, "vgg16", dtype=dtype)
     else:
-        model, variables, _ = pretrained.load_pretrained(
+        model, variables, preprocess = pretrained.load_pretrained(
             backbone, path=backbone_path, cache_dir=cache_dir, download=download, dtype=dtype
+        )
+    if preprocess != IMAGENET_NORMALIZATION:
+        raise ValueError(
+            f"LPIPS's input scaling is fitted to torchvision-style VGG16 weights; {backbone} "
+            f"expects other inputs (Caffe's 0-255 minus the mean). Use vgg16.tv_in1k."
         )
     module = LPIPS(model)
     linear = read_linear_weights(linear_weights_file(linear_path, cache_dir, download))
@@ -213,16 +219,19 @@ def read_linear_weights(path: pathlib.Path) -> dict:
 # The papers' layers, in vgg_jax's names (each the ReLU output of that conv), with weights.
 # Johnson et al. (VGG16, style transfer): feature reconstruction at relu2_2, style at relu1_2,
 # relu2_2, relu3_3 and relu4_3. Gatys et al. (VGG19, average pooling): content at conv4_2,
-# style at conv1_1 ... conv5_1, each weighted 1/5.
-JOHNSON_CONTENT_LAYERS = {"conv2_2": 1.0}
-JOHNSON_STYLE_LAYERS = {"conv1_2": 1.0, "conv2_2": 1.0, "conv3_3": 1.0, "conv4_3": 1.0}
-GATYS_CONTENT_LAYERS = {"conv4_2": 1.0}
-GATYS_STYLE_LAYERS = {f"conv{block}_1": 0.2 for block in range(1, 6)}
+# style at conv1_1 ... conv5_1, each weighted 1/5. Read-only: they are default arguments.
+JOHNSON_CONTENT_LAYERS = MappingProxyType({"conv2_2": 1.0})
+JOHNSON_STYLE_LAYERS = MappingProxyType(
+    {"conv1_2": 1.0, "conv2_2": 1.0, "conv3_3": 1.0, "conv4_3": 1.0}
+)
+GATYS_CONTENT_LAYERS = MappingProxyType({"conv4_2": 1.0})
+GATYS_STYLE_LAYERS = MappingProxyType({f"conv{block}_1": 0.2 for block in range(1, 6)})
 
 
 def gram_matrix(features: jax.Array) -> jax.Array:
     """(N, H, W, C) features -> (N, C, C) Gram matrices divided by C*H*W (Johnson et al.'s
-    normalisation; Gatys et al.'s 1/(4 N^2 M^2) is this one's square, times 1/4)."""
+    normalisation). Gatys et al.'s style term, sum (G - A)^2 / (4 N^2 M^2) with N = C and
+    M = H*W, is style_loss on these Grams divided by 4."""
     n, h, w, c = features.shape
     flat = features.reshape(n, h * w, c).astype(jnp.float32)
     return jnp.einsum("nkc,nkd->ncd", flat, flat) / (c * h * w)
@@ -235,7 +244,9 @@ def feature_loss(features: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(difference**2, axis=(1, 2, 3))
 
 
-content_loss = feature_loss  # Gatys et al.'s name for it
+# Gatys et al.'s name for it; their content loss is 1/2 the *sum* of squared differences, so
+# their content/style weight ratios do not carry over unchanged.
+content_loss = feature_loss
 
 
 def style_loss(features: jax.Array, targets: jax.Array) -> jax.Array:
@@ -250,8 +261,8 @@ def perceptual_loss(
     images: jax.Array,
     content: jax.Array | None = None,
     style: jax.Array | None = None,
-    content_layers: dict[str, float] = JOHNSON_CONTENT_LAYERS,
-    style_layers: dict[str, float] = JOHNSON_STYLE_LAYERS,
+    content_layers: Mapping[str, float] = JOHNSON_CONTENT_LAYERS,
+    style_layers: Mapping[str, float] = JOHNSON_STYLE_LAYERS,
 ) -> jax.Array:
     """sum_l w_l feature_loss at the content layers against `content` plus sum_l w_l
     style_loss at the style layers against `style`, per image (N,). Images are RGB 0-255
@@ -259,6 +270,8 @@ def perceptual_loss(
     takes them; `content` has the images' shape, `style` may be one image of any size for the
     whole batch. For Gatys et al.'s setting use vgg19 with pooling="avg" and the GATYS_*
     layers."""
+    if content is None and style is None:
+        raise ValueError("Give content images, a style image, or both, to compare against.")
     wanted = {**(content_layers if content is not None else {}),
               **(style_layers if style is not None else {})}  # fmt: skip
     valid = feature_names(model.config)
@@ -266,24 +279,31 @@ def perceptual_loss(
     if unknown or not wanted:
         raise ValueError(
             f"Layers {unknown or 'none'} are not layers of configuration {model.config!r} to "
-            f"compare (give content and/or style images, and layers among {', '.join(valid)})."
+            f"compare; choose among {', '.join(valid)}."
         )
+    count = jnp.shape(images)[0]
     if content is not None and jnp.shape(content) != jnp.shape(images):
         raise ValueError(
             f"The content images must have the images' shape {jnp.shape(images)}; got "
             f"{jnp.shape(content)}."
         )
-    layers = tuple(dict.fromkeys(wanted))
-    extract = lambda x: model.apply(variables, preprocess(x), layers=layers,  # noqa: E731
-                                    method="extract_features")  # fmt: skip
-    features = extract(images)
-    total = jnp.zeros(jnp.shape(images)[0], jnp.float32)
-    if content is not None:
-        targets = extract(content)
+    if style is not None and jnp.shape(style)[0] not in (1, count):
+        raise ValueError(
+            f"Give one style image or one per image ({count}); got {jnp.shape(style)[0]}."
+        )
+
+    def extract(x, layers):
+        layers = tuple(layers)
+        return model.apply(variables, preprocess(x), layers=layers, method="extract_features")
+
+    features = extract(images, wanted)
+    total = jnp.zeros(count, jnp.float32)
+    if content is not None:  # each target computed only as deep as its own layers
+        targets = extract(content, content_layers)
         for name, weight in content_layers.items():
             total = total + weight * feature_loss(features[name], targets[name])
     if style is not None:
-        targets = extract(style)
+        targets = extract(style, style_layers)
         for name, weight in style_layers.items():  # Grams are C x C: any style image size
             total = total + weight * style_loss(features[name], targets[name])
     return total
