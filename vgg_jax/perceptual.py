@@ -165,21 +165,29 @@ def load_lpips(
         )
     module = LPIPS(model)
     linear = read_linear_weights(linear_weights_file(linear_path, cache_dir, download))
-    expected = jax.eval_shape(
-        module.init, jax.random.key(0), *[jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)] * 2
-    )["params"]
-    params = {"backbone": {}}
+    return module, lpips_variables(module, variables, linear)
+
+
+def lpips_variables(module: LPIPS, backbone_variables: dict, linear: dict | None = None) -> dict:
+    """LPIPS's variables: the backbone's conv layers up to conv5_3 (its head is not used) and
+    the linear weights {layer: (C,)} (read_linear_weights), each shape checked; without
+    `linear`, every layer's channels weighted uniformly."""
+    image = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    expected = jax.eval_shape(module.init, jax.random.key(0), image, image)["params"]
+    params = {"backbone": {layer: backbone_variables["params"][layer]
+                           for layer in expected["backbone"]}}  # fmt: skip
     for name in LPIPS_LAYERS:
         want = expected[f"linear_{name}"].shape
+        if linear is None:
+            params[f"linear_{name}"] = _average(None, want, jnp.float32)
+            continue
         if linear[name].shape != want:
             raise ConversionError(
                 f"LPIPS's linear weights for {name} have shape {linear[name].shape}; the "
                 f"backbone gives {name} {want[0]} channels. Is this a VGG16 LPIPS file?"
             )
         params[f"linear_{name}"] = jnp.asarray(linear[name])
-    for layer in expected["backbone"]:  # the conv layers up to conv5_3; the head is not used
-        params["backbone"][layer] = variables["params"][layer]
-    return module, {"params": params}
+    return {"params": params}
 
 
 def linear_weights_file(path=None, cache_dir=None, download: bool = True) -> pathlib.Path:
