@@ -18,6 +18,14 @@ from orbax.checkpoint._src.path import atomicity
 TRAIN_PY = pathlib.Path(__file__).resolve().parents[1] / "train.py"
 
 
+def write_marker(marker: pathlib.Path, text: str) -> None:
+    # Tests poll for the marker's existence and then read it: renaming a complete file into
+    # place means they never see it created but still empty.
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(text)
+    partial.replace(marker)
+
+
 def slow_saves_after(saves: int, marker: pathlib.Path) -> None:
     commit = atomicity.AtomicRenameTemporaryPath.finalize
     done = []
@@ -27,7 +35,7 @@ def slow_saves_after(saves: int, marker: pathlib.Path) -> None:
             return await commit(self)
         done.append(self)
         if len(done) > saves:
-            marker.write_text(str(self.get()))
+            write_marker(marker, str(self.get()))
             await asyncio.sleep(3600)
         await commit(self)
 
@@ -39,7 +47,7 @@ def delay_saves(seconds: float, marker: pathlib.Path) -> None:
 
     async def finalize_later(self):
         if self._final_path.parent.name == "checkpoints":  # a step's folder, not an item
-            marker.write_text(str(self.get()))
+            write_marker(marker, str(self.get()))
             await asyncio.sleep(seconds)
         await commit(self)
 
