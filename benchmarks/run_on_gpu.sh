@@ -21,6 +21,12 @@ python3 benchmarks/profile_summary.py /tmp/vgg_profile --top 40 >"$OUT/profile.t
 if python3 -c "import lpips" 2>/dev/null; then LPIPS_TORCH=""; else LPIPS_TORCH="--skip-torch"; fi
 XLA_FLAGS= python3 benchmarks/lpips_speed.py $LPIPS_TORCH --json "$OUT/lpips.json" 2>&1 \
   | tee "$OUT/lpips.txt"
+# The train step's peak memory on the GPU, with and without remat (XLA:CPU's analysis shows
+# no saving from remat, so only a GPU can say what it buys), VGG16 at two batches per device.
+for REMAT in "" "--remat"; do
+  XLA_FLAGS= python3 benchmarks/train_memory.py --dtype bfloat16 --batch-sizes 64,256 $REMAT 2>&1 \
+    | tee -a "$OUT/train_memory.txt"
+done
 cp "$(find /tmp/vgg_profile -name '*.trace.json.gz' | head -1)" "$OUT/trace.json.gz"
 tar czf "$OUT/hlo.tgz" -C /tmp/xla_dump $(cd /tmp/xla_dump && ls | grep "after_optimizations.txt$")
 ls -la "$OUT"

@@ -24,7 +24,22 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# This process itself neither reads nor writes that cache: with jaxlib 0.10.2 on CPU, reading
+# back the second of two train steps this process compiled crashed it (a segmentation fault in
+# compilation_cache.get_executable_and_time; reproduced outside pytest too).
+jax.config.update("jax_enable_compilation_cache", False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drops each module's compiled programs after it. A session that kept them all crashed in
+    XLA's CPU compiler (a segmentation fault in backend_compile_and_load, jaxlib 0.10.2), after
+    a few hundred compilations; no single test does."""
+    yield
+    jax.clear_caches()
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,11 @@ def test_cifar10_recipe_trains_through_the_real_tfds_path(tmp_path):
     "field, value, message",
     [
         ("seed", -1, "config.seed must be a non-negative integer, got -1."),
-        ("dtype", "float16", "config.dtype must be one of auto, float32, bfloat16; got 'float16'."),
+        (
+            "dtype",
+            "float8",
+            "config.dtype must be one of auto, float32, bfloat16, float16; got 'float8'.",
+        ),
     ],
 )
 def test_an_invalid_seed_or_dtype_is_one_line_naming_the_field(field, value, message):

@@ -20,7 +20,7 @@ from helpers import (
     tree_relative_error,
 )
 
-from vgg_jax.model.vgg import compute_dtype
+from vgg_jax.model.dtypes import compute_dtype
 from vgg_jax.training import optim, steps
 from vgg_jax.training.checkpoints import Checkpoints
 

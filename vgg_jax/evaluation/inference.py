@@ -21,7 +21,8 @@ from ml_collections import ConfigDict
 from vgg_jax.data.normalization import IMAGENET_NORMALIZATION
 from vgg_jax.data.sources import class_names
 from vgg_jax.model.architectures import resolve_model_name
-from vgg_jax.model.vgg import VGG, compute_dtype, create_model, model_from_config
+from vgg_jax.model.dtypes import compute_dtype
+from vgg_jax.model.vgg import VGG, create_model, model_from_config
 from vgg_jax.training.checkpoints import read_trained_variables
 from vgg_jax.weights import pretrained
 
@@ -85,7 +86,10 @@ def from_weights(
 ) -> Classifier:
     """Published weights by registry name ("vgg16.tv_in1k", see vgg_jax.PRETRAINED_WEIGHTS),
     or a weights file (.pth, .safetensors, Keras .h5) of the network `model` names."""
-    options = {"dtype": compute_dtype(dtype)}
+    # Published weights were trained in float32 (Caffe's on 0-255 inputs): "auto" does not
+    # compute them in float16, whose range they were never checked against.
+    resolved = compute_dtype(dtype)
+    options = {"dtype": jnp.float32 if dtype == "auto" and resolved == jnp.float16 else resolved}
     if weights in pretrained.WEIGHTS:
         check_expected_model(create_model(pretrained.WEIGHTS[weights].model), model, weights)
         network, variables, preprocess = pretrained.load_pretrained(

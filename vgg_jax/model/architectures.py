@@ -115,6 +115,17 @@ def layer_specs(config: str) -> tuple[LayerSpec, ...]:
     return tuple(specs)
 
 
+def conv_blocks(config: str) -> tuple[tuple[LayerSpec, ...], ...]:
+    """layer_specs split into the five blocks, each ending with its pool."""
+    blocks, block = [], []
+    for spec in layer_specs(config):
+        block.append(spec)
+        if spec.kind == "pool":
+            blocks.append(tuple(block))
+            block = []
+    return tuple(blocks)
+
+
 def feature_names(config: str) -> tuple[str, ...]:
     """Every layer name whose activation the model can return, in forward order."""
     return tuple(spec.name for spec in layer_specs(config)) + HEAD_FEATURE_NAMES

@@ -10,12 +10,14 @@ from flax import linen as nn
 
 from vgg_jax.model.architectures import (
     HEAD_FEATURE_NAMES,
+    LayerSpec,
+    conv_blocks,
     downsampling_factor,
     feature_names,
-    layer_specs,
     resolve_config,
     resolve_model_name,
 )
+from vgg_jax.model.dtypes import compute_dtype
 from vgg_jax.model.initializers import InitScheme, init_scheme
 from vgg_jax.model.layers import (
     POOLINGS,
@@ -48,6 +50,10 @@ class VGG(nn.Module):
       param_dtype: storage dtype of the parameters.
       pooling: "max" (the paper's) or "avg" (Gatys et al.'s, for image synthesis); the
         parameters are the same either way.
+      remat: recompute each conv block's activations in the backward pass instead of keeping
+        them (REMAT_POLICY), to lower training's peak memory; one more forward pass of the
+        convs. The parameters and the results are the same either way; extract_features
+        does not rematerialise.
 
     Calling the module returns logits through the classic head (pool5 flattened into FC6), or
     with dense=True through the dense-evaluation head (FC6 slid over the pool5 map as a
@@ -70,6 +76,7 @@ class VGG(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     pooling: str = "max"
+    remat: bool = False
 
     def __post_init__(self):
         resolve_config(self.config)
@@ -132,35 +139,16 @@ class VGG(nn.Module):
             return bool(wanted) and len(features) == len(wanted)
 
         x = jnp.asarray(x, self.dtype)
-        for spec in layer_specs(self.config):
-            if spec.kind == "conv":
-                x = nn.Conv(
-                    max(1, round(spec.features * self.width)),
-                    (spec.kernel_size, spec.kernel_size),
-                    padding="SAME",
-                    kernel_init=scheme.conv_kernel,
-                    bias_init=scheme.bias,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    name=spec.name,
-                )(x)
-                if self.batch_norm:
-                    x = nn.BatchNorm(
-                        use_running_average=not train,
-                        momentum=self.bn_momentum,
-                        epsilon=self.bn_epsilon,
-                        axis_name=self.axis_name,
-                        dtype=self.dtype,
-                        param_dtype=self.param_dtype,
-                        name=f"{spec.name}_bn",
-                    )(x)
-                x = relu(x)
-            elif spec.kind == "lrn":
-                x = local_response_norm(x)
-            else:  # (looked up by name here, so benchmarks/variants.py can swap it)
-                x = max_pool_2x2(x) if self.pooling == "max" else avg_pool_2x2(x)
-            if record(spec.name, x):
-                return None, features
+        for block in conv_blocks(self.config):
+            if self.remat and not wanted:
+                x = nn.remat(conv_layers, static_argnums=(2, 3), policy=REMAT_POLICY)(
+                    self, x, block, train
+                )
+                continue
+            for spec in block:
+                x = conv_layers(self, x, (spec,), train)
+                if record(spec.name, x):
+                    return None, features
 
         if not dense and record("flatten", x.reshape(x.shape[0], -1)):
             return None, features
@@ -258,6 +246,48 @@ class VGG(nn.Module):
             )
 
 
+# Inside a rematerialised block nothing is kept: the backward pass recomputes the block from
+# its input, one block at a time, so only the five block inputs need outlive the forward pass.
+# A policy that kept the conv outputs would keep most of the memory (VGG's activations are its
+# conv outputs); keeping nothing costs one more forward pass of the convs (28% more FLOPs for
+# a VGG16 step, in XLA's cost analysis). Whether the peak falls is up to XLA's scheduler.
+REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
+
+
+def conv_layers(module: VGG, x: jax.Array, specs: tuple[LayerSpec, ...], train: bool):
+    """Applies `specs` (each conv with its BatchNorm and ReLU, LRN, pool) in `module`'s scope,
+    so the parameters are named after the layers whether or not the block is rematerialised."""
+    scheme = init_scheme(module.init_scheme)
+    for spec in specs:
+        if spec.kind == "conv":
+            x = nn.Conv(
+                max(1, round(spec.features * module.width)),
+                (spec.kernel_size, spec.kernel_size),
+                padding="SAME",
+                kernel_init=scheme.conv_kernel,
+                bias_init=scheme.bias,
+                dtype=module.dtype,
+                param_dtype=module.param_dtype,
+                name=spec.name,
+            )(x)
+            if module.batch_norm:
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=module.bn_momentum,
+                    epsilon=module.bn_epsilon,
+                    axis_name=module.axis_name,
+                    dtype=module.dtype,
+                    param_dtype=module.param_dtype,
+                    name=f"{spec.name}_bn",
+                )(x)
+            x = relu(x)
+        elif spec.kind == "lrn":
+            x = local_response_norm(x)
+        else:  # (looked up by name here, so benchmarks/variants.py can swap it)
+            x = max_pool_2x2(x) if module.pooling == "max" else avg_pool_2x2(x)
+    return x
+
+
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -271,24 +301,10 @@ def create_model(name: str, **kwargs: Any) -> VGG:
     return VGG(config=config, **fixed, **kwargs)
 
 
-# Compute dtypes a config can name; "auto" is bfloat16 on GPU/TPU and float32 on CPU.
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def compute_dtype(name: str):
-    """The dtype a config's `dtype` names ("auto", "float32", "bfloat16"); parameters are
-    float32 whatever it is."""
-    if name == "auto":
-        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"Unknown dtype {name!r}; choose auto, {', '.join(COMPUTE_DTYPES)}.")
-    return COMPUTE_DTYPES[name]
-
-
 def model_from_config(config, num_classes: int) -> VGG:
     """The network a training config describes (train.py's, or one saved in a checkpoint):
     `model` names it, batch norm included ("vgg16_bn"), and `width`, `fc_features`,
-    `dropout_rate`, `init_scheme` and `dtype` shape it."""
+    `dropout_rate`, `init_scheme`, `dtype` and `remat` shape it."""
     if "batch_norm" in config:
         raise ValueError(
             "config.batch_norm is no longer a field: batch norm is chosen by the model name "
@@ -303,6 +319,7 @@ def model_from_config(config, num_classes: int) -> VGG:
         dropout_rate=config.dropout_rate,
         init_scheme=config.init_scheme,
         dtype=compute_dtype(config.dtype),
+        remat=config.get("remat", False),
     )
 
 

@@ -9,6 +9,7 @@ validation metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -216,11 +217,29 @@ class Checkpoints:
         """
         found = self.first_readable(
             reversed(self.steps()),
-            lambda step: self.restore_arrays(step, target),
+            lambda step: self.saved_fields(step, target),
             check_record,
             set_aside=True,
         )
-        return None if found is None else found[1:]
+        if found is None:
+            return None
+        _, fields, record = found
+        return target.replace(**fields), record
+
+    def saved_fields(self, step: int, target: Any) -> dict:
+        """The fields of the dataclass `target` (a train state) that checkpoint `step` holds,
+        shaped like target's. A checkpoint saved before a field was added lacks it, and the
+        run keeps target's fresh value; checked against the digest, these are what was saved."""
+        # The manager knows no handler for "state" until it has saved one: read it directly.
+        with ocp.StandardCheckpointer() as checkpointer:
+            metadata = checkpointer.metadata(self.directory / str(step) / "state")
+        saved = set(metadata.item_metadata.keys())
+        fields = {
+            field.name: getattr(target, field.name)
+            for field in dataclasses.fields(target)
+            if field.name in saved
+        }
+        return self.restore_arrays(step, fields)
 
     def first_readable(
         self,

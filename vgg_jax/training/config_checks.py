@@ -2,14 +2,15 @@
 read or anything is written: one line naming the field, what it holds and what it may hold.
 
 It imports no TensorFlow and starts no JAX backend, so train.py runs it before
-jax.distributed.initialize; what needs the devices (the batch split) is checked by the loop.
+jax.distributed.initialize; what needs the devices (check_for_devices) the loop checks later.
 """
 
 from __future__ import annotations
 
 from vgg_jax.model.architectures import resolve_model_name
+from vgg_jax.model.dtypes import COMPUTE_DTYPES
 from vgg_jax.model.initializers import INIT_SCHEMES
-from vgg_jax.model.vgg import COMPUTE_DTYPES, model_from_config
+from vgg_jax.model.vgg import model_from_config
 from vgg_jax.training.optim import SCHEDULES
 from vgg_jax.training.warm_start import INIT_LAYERS
 
@@ -29,6 +30,8 @@ def _integer(value) -> bool:
 # field -> (test, what it must be)
 RULES = {
     "batch_size": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "grad_accum_steps": (lambda v: _integer(v) and v >= 1, "a positive integer (1: none)"),
+    "remat": (lambda v: isinstance(v, bool), "True or False"),
     "num_epochs": (lambda v: _integer(v) and v >= 1, "a positive integer"),
     "log_every_steps": (lambda v: _integer(v) and v >= 1, "a positive integer"),
     "checkpoint_every_steps": (lambda v: _integer(v) and v >= 1, "a positive integer"),
@@ -92,6 +95,25 @@ def check_config(config) -> None:
         if not isinstance(config[field], str) or not config[field]:
             raise ConfigError(f"config.{field} must name one; got {config[field]!r}.")
     _build(config)  # anything the model itself refuses
+
+
+def check_for_devices(config, device_count: int, backend: str) -> None:
+    """Raises ConfigError where the batch does not split over `device_count` devices into
+    grad_accum_steps whole micro-batches each, or float16 is asked of a TPU."""
+    per_device = config.batch_size // device_count
+    if per_device % config.grad_accum_steps:
+        raise ConfigError(
+            f"config.grad_accum_steps={config.grad_accum_steps} does not split the "
+            f"{per_device} examples each of the {device_count} devices gets "
+            f"(batch_size={config.batch_size}) into whole micro-batches; use a divisor of "
+            f"{per_device}, or a batch_size that is a multiple of "
+            f"{device_count * config.grad_accum_steps}."
+        )
+    if config.dtype == "float16" and backend == "tpu":
+        raise ConfigError(
+            "config.dtype='float16' has no fast path on TPUs, whose matrix units take "
+            "bfloat16: use config.dtype='bfloat16' (or 'auto')."
+        )
 
 
 def _build(config) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from vgg_jax.data import pipeline, sources
 from vgg_jax.model.costs import training_flops_per_image
+from vgg_jax.model.dtypes import dtype_choice
 from vgg_jax.model.vgg import model_from_config
 from vgg_jax.training import warm_start
 from vgg_jax.training.checkpoints import (
@@ -36,7 +37,8 @@ from vgg_jax.training.checkpoints import (
     best_rank,
     read_trained_variables,
 )
-from vgg_jax.training.config_checks import ConfigError, check_config
+from vgg_jax.training.config_checks import ConfigError, check_config, check_for_devices
+from vgg_jax.training.memory import DoesNotFit, check_step_memory
 from vgg_jax.training.reports import (
     TrainingError,
     TrainLog,
@@ -62,7 +64,8 @@ ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", 
 
 def validate_config(config) -> None:
     """Rejects a config that cannot work, before any data is read or anything compiled: every
-    field (config_checks), then the batch's split over this run's devices."""
+    field (config_checks), then what depends on this run's devices: the batch's split over
+    them and into micro-batches, and the dtype."""
     try:
         check_config(config)
     except ConfigError as error:
@@ -71,6 +74,10 @@ def validate_config(config) -> None:
         pipeline.local_batch_size(config.batch_size)
     except ValueError as error:
         raise TrainingError(f"config.{error}") from None
+    try:
+        check_for_devices(config, jax.device_count(), jax.default_backend())
+    except ConfigError as error:
+        raise TrainingError(str(error)) from None
 
 
 @dataclasses.dataclass
@@ -96,7 +103,8 @@ class Run:
     steps_per_epoch: int = 0
     total_steps: int = 0
     setup: Any = None  # steps.TrainingSetup
-    p_train_step: Any = None
+    p_train_step: Any = None  # pmapped (in one process, the executable once compiled)
+    train_step_compiled: bool = False
     p_eval_step: Any = None
     replicated: Any = None  # the train state on every local device
     plateau: Any = None  # a host copy of the learning rate's plateau state
@@ -174,11 +182,12 @@ def set_up(run: Run) -> None:
         run.writer = tensorboard.SummaryWriter(str(run.workdir / "tensorboard"))
     logger.info(
         "%s on %s: %d train / %d eval examples, %d classes, %s images; %d steps per "
-        "epoch, %d devices, %s compute.",
+        "epoch, %d devices.",
         config.model, run.info.name, run.info.train_examples, run.info.eval_examples,
         run.info.num_classes, "x".join(map(str, run.input_shape)), run.steps_per_epoch,
-        jax.device_count(), jnp.dtype(model.dtype).name,
+        jax.device_count(),
     )  # fmt: skip
+    logger.info("%s", dtype_choice(config.dtype))
     run.p_train_step, run.p_eval_step = pmapped_steps(run.setup)
     run.replicated = replicate(state)
     peak = peak_bf16_flops(jax.devices()[0].device_kind)
@@ -257,6 +266,8 @@ def train_epoch(run: Run, stop: dict) -> None:
     )
     run.train_log.restart_clock()
     for batch in device_batches:
+        if not run.train_step_compiled:
+            compile_train_step(run, batch)
         run.replicated, metrics = run.p_train_step(run.replicated, batch)
         run.step += 1
         run.train_log.add(metrics)
@@ -278,6 +289,22 @@ def train_epoch(run: Run, stop: dict) -> None:
         end_epoch(run, epoch)
     elif run.step == run.total_steps or stop["signal"] is not None:
         save(run)
+
+
+def compile_train_step(run: Run, batch: dict) -> None:
+    """Compiles the train step for batches like `batch`, then logs and checks its memory
+    before it first runs. In one process the executable serves every later step: called
+    through pmap, the step compiles again at the second step, for its own outputs, whose
+    sharding differs from replicate's. Across processes pmap must stay the caller: it makes
+    each process's arrays global, which the executable does not."""
+    compiled = run.p_train_step.lower(run.replicated, batch).compile()
+    try:
+        check_step_memory(run.setup, run.replicated, batch, compiled)
+    except DoesNotFit as error:
+        raise TrainingError(str(error)) from None
+    if jax.process_count() == 1:
+        run.p_train_step = compiled
+    run.train_step_compiled = True
 
 
 def end_epoch(run: Run, epoch: int) -> None:
@@ -366,8 +393,10 @@ def finish(run: Run, signal_name: str | None) -> dict:
 
 
 def close(run: Run, failed: bool) -> None:
-    """Closes the checkpoint manager and TensorBoard; after a failure, an error while closing
-    (a full disk fails these too) is logged, not raised over the first one."""
+    """Closes the progress bar, the checkpoint manager and TensorBoard; after a failure, an
+    error while closing (a full disk fails these too) is logged, not raised over the first one."""
+    if run.progress is not None:
+        run.progress.close()
     for closable in (run.checkpoints, run.writer):
         try:
             if closable is not None:

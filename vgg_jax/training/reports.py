@@ -173,11 +173,16 @@ class TrainLog:
         averages["tflops"] = averages["images_per_second"] * self.flops_per_image / 1e12
         if self.peak_flops:
             averages["model_flops_utilization"] = averages["tflops"] * 1e12 / self.peak_flops
+        scaling = ""
+        if "loss_scale" in fetched[0]:  # float16: steps whose gradients overflowed were skipped
+            skipped = int(sum(m["skipped"] for m in fetched))
+            scaling = f", loss scale {fetched[-1]['loss_scale']:g} ({skipped} skipped)"
         logger.info(
-            "step %d: loss %.4f, top-1 %.2f%%, lr %.3g, %.0f images/s, %.3g TFLOP/s%s",
+            "step %d: loss %.4f, top-1 %.2f%%, lr %.3g, %.0f images/s, %.3g TFLOP/s%s%s",
             step, averages["loss"], 100 * averages["top1_accuracy"], learning_rate,
             averages["images_per_second"], averages["tflops"],
             f", MFU {averages['model_flops_utilization']:.1%}" if self.peak_flops else "",
+            scaling,
         )  # fmt: skip
         if self.writer is not None:
             for key, value in averages.items():
