@@ -24,7 +24,7 @@ def get_config() -> ConfigDict:
     # CPUs; or "float32", "bfloat16", "float16".
     config.dtype = "auto"
     # Recompute each conv block in the backward pass instead of keeping its activations, to
-    # lower the peak memory where XLA's scheduler lets it (not on CPUs); about 28% more FLOPs
+    # lower the peak memory where XLA's scheduler lets it (not on CPUs); about 33% more FLOPs
     # for VGG16 (vgg_jax.model.vgg.REMAT_POLICY).
     config.remat = False
 

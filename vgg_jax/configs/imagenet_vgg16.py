@@ -6,11 +6,25 @@ is the fixed-S recipe.
 
 ImageNet must be downloaded by hand: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
 <data_dir>/downloads/manual/ (tensorflow-datasets' imagenet2012 instructions).
+
+On one GPU instead of the paper's four, keep batch_size=256 (the learning rate's) and accumulate
+micro-batches: `--config.grad_accum_steps=8` on a 16 GB T4 or V100 (float16), 4 on a 24 GB
+Ampere or later card (bfloat16); ONE_GPU below. train.py checks the step's memory on the GPU
+itself at start and, if it does not fit, names the settings that do.
 """
 
 from ml_collections import ConfigDict
 
 from vgg_jax.configs import default
+
+# card: (the dtype "auto" picks there, GiB JAX gets of it by default (75%), grad_accum_steps).
+# Each factor is the smallest power of two whose step fits in XLA:CPU's memory analysis
+# (tests/test_hardware_fit.py compiles each step, and the one with half the factor, which does
+# not fit). A GPU's own analysis differs (cuDNN workspaces, layouts): train.py's check decides.
+ONE_GPU = {
+    "16 GB, compute capability 7.x (T4, V100)": ("float16", 11.3, 8),
+    "24 GB, compute capability 8.0 and up (RTX 3090 and 4090, A10, L4)": ("bfloat16", 17.7, 4),
+}
 
 
 def get_config() -> ConfigDict:

@@ -249,7 +249,7 @@ class VGG(nn.Module):
 # Inside a rematerialised block nothing is kept: the backward pass recomputes the block from
 # its input, one block at a time, so only the five block inputs need outlive the forward pass.
 # A policy that kept the conv outputs would keep most of the memory (VGG's activations are its
-# conv outputs); keeping nothing costs one more forward pass of the convs (28% more FLOPs for
+# conv outputs); keeping nothing costs one more forward pass of the convs (33% more FLOPs for
 # a VGG16 step, in XLA's cost analysis). Whether the peak falls is up to XLA's scheduler.
 REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
 
