@@ -21,8 +21,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="vgg16",
         help=f"a model name ({', '.join(MODEL_NAMES)}) or a paper letter (A, A-LRN, B, C, D, E)",
     )
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="side of the square input (default 224)"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=1000, help="size of the last layer, FC8 (default 1000)"
+    )
     parser.add_argument("--width", type=float, default=1.0, help="multiplier on conv widths")
     args = parser.parse_args(argv)
     try:
