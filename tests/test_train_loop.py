@@ -109,6 +109,8 @@ def test_the_default_run_reaches_98_percent_without_collapsing(digits_dir, tmp_p
     # The compiled steps are kept in the work directory for a rerun.
     assert any((tmp_path / "compilation_cache").iterdir())
     assert "epoch 12/12" in result.stderr  # the progress bar
+    # Log lines start lines of their own, never glued to the end of a progress bar.
+    assert not re.search(r"[^\n]step \d+: loss", result.stderr), result.stderr[-2000:]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert "epoch 12, step 264: eval loss" in log
     assert re.search(r"first training step done [\d.]+ s after the start", log)

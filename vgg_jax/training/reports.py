@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vgg_jax.training.checkpoints import Checkpoints
 from vgg_jax.training.steps import unreplicate
@@ -64,8 +65,12 @@ def run_logging(workdir: pathlib.Path, is_main: bool):
     orbax_errors = _OrbaxErrorsToFile(handlers[0] if handlers else None)
     absl_logger = logging.getLogger("absl")
     absl_logger.addFilter(orbax_errors)
+    # Console lines go through tqdm.write, which clears the progress bar first and redraws it
+    # after, instead of landing inside it.
+    redirect = logging_redirect_tqdm([logger]) if is_main else contextlib.nullcontext()
     try:
-        yield
+        with redirect:
+            yield
     finally:
         absl_logger.removeFilter(orbax_errors)
         for handler in handlers:
