@@ -52,3 +52,19 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_test_one():
     assert main_job.endswith("python train.py") and "pytest" in tests
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci_lines
+
+
+@pytest.mark.parametrize(
+    "command, argv", [("evaluate", ["--help"]), ("evaluate", []), ("predict", ["--help"])]
+)
+def test_help_and_argument_errors_answer_without_loading_tensorflow(command, argv):
+    """They used to take 5-15 s, importing TensorFlow and orbax before reading the arguments."""
+    code = (
+        f"import sys; from vgg_jax.{command} import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted({'tensorflow', 'orbax'} & {m.split('.')[0] for m in sys.modules}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+    assert "usage: python -m vgg_jax." in result.stdout + result.stderr

@@ -22,13 +22,19 @@ from typing import Sequence
 
 from absl import logging as absl_logging
 
-from vgg_jax.data.sources import get_builder
-from vgg_jax.evaluation import inference
-from vgg_jax.evaluation.evaluate import evaluate, format_table
 from vgg_jax.evaluation.protocols import PROTOCOLS, check_protocols, crop_size
-from vgg_jax.training.checkpoints import CheckpointNotFound
 
-__all__ = ["evaluate", "format_table", "main"]
+__all__ = ["evaluate", "format_table", "main"]  # noqa: F822 (two load on first use)
+
+
+def __getattr__(name: str):
+    # `evaluate` and `format_table` load TensorFlow and orbax: only when used, so that --help
+    # and argument errors answer at once.
+    if name in ("evaluate", "format_table"):
+        from vgg_jax.evaluation import evaluate as evaluation
+
+        return getattr(evaluation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_atomically(path: pathlib.Path, text: str) -> None:
@@ -97,6 +103,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from vgg_jax.data.sources import get_builder
+    from vgg_jax.evaluation import inference
+    from vgg_jax.evaluation.evaluate import evaluate, format_table
+    from vgg_jax.training.checkpoints import CheckpointNotFound
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax reports every read at WARNING
     try:

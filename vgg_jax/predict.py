@@ -15,11 +15,17 @@ from typing import Sequence
 
 from absl import logging as absl_logging
 
-from vgg_jax.evaluation import inference
-from vgg_jax.evaluation.predict import predict
-from vgg_jax.training.checkpoints import CheckpointNotFound
+__all__ = ["main", "predict"]  # noqa: F822 (predict loads on first use)
 
-__all__ = ["main", "predict"]
+
+def __getattr__(name: str):
+    # `predict` loads TensorFlow and orbax: only when used, so that --help and argument errors
+    # answer at once.
+    if name == "predict":
+        from vgg_jax.evaluation.predict import predict
+
+        return predict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, help="smaller image side Q before the model")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print")
     args = parser.parse_args(argv)
+    from vgg_jax.evaluation import inference
+    from vgg_jax.evaluation.predict import predict
+    from vgg_jax.training.checkpoints import CheckpointNotFound
+
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax reports every read at WARNING
     try:
         if args.workdir:
