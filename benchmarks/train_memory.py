@@ -25,11 +25,11 @@ from vgg_jax.training.memory import (
     GIB,
     abstract_training,
     batch_spec,
+    compiled_step,
     device_memory,
     largest_batch_per_device,
     peak_bytes,
 )
-from vgg_jax.training.steps import pmapped_steps
 
 
 def main() -> None:
@@ -73,8 +73,7 @@ def main() -> None:
             parser.error(f"--batch-sizes must be multiples of --grad-accum-steps, got {sizes}")
         print(f"{'batch per device':>17} {'peak GiB':>9} {'GFLOP':>9}")
         for size in sizes:
-            lowered = pmapped_steps(setup)[0].lower(state, batch_spec(size, image_size))
-            compiled = lowered.compile()
+            compiled = compiled_step(setup, state, batch_spec(size, image_size))
             flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
             print(f"{size:17d} {peak_bytes(compiled) / GIB:9.2f} {flops / 1e9:9.0f}", flush=True)
         return

@@ -193,7 +193,7 @@ def test_remat_gives_the_same_step_recomputing_the_conv_blocks():
     assert tree_relative_error(rematerialised.batch_stats, plain.batch_stats) < 1e-6
     replicated = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), state)
     flops = [
-        steps.pmapped_steps(s)[0].lower(replicated, batch).compile().cost_analysis()["flops"]
+        memory.compiled_step(s, replicated, batch).cost_analysis()["flops"]
         for s in (setup, remat_setup)
     ]
     assert flops[1] > 1.2 * flops[0], flops
@@ -267,10 +267,7 @@ def test_a_step_that_does_not_fit_stops_before_training_naming_settings_that_fit
     config = tiny_config(digits_dir, model="vgg16", width=0.25, max_steps=1, crop_size=32)
     setup, state = setup_and_state(model="vgg16", width=0.25, fc_features=32, batch_size=64)
     replicated = jax.tree.map(lambda x: jax.ShapeDtypeStruct((4, *x.shape), x.dtype), state)
-    batch = {
-        "image": jax.ShapeDtypeStruct((4, 16, *IMAGE_SHAPE), jnp.uint8),
-        "label": jax.ShapeDtypeStruct((4, 16), jnp.int32),
-    }
+    batch = memory.batch_spec(16, image_size=32, devices=4)
     full = memory.step_peak(setup, replicated, batch)
     quarter = memory.step_peak(memory.with_settings(setup, 4, False), replicated, batch)
     limit = (full + 2 * quarter) // 3  # between the two

@@ -62,10 +62,15 @@ def device_memory(device=None) -> int | None:
     return (stats or {}).get("bytes_limit")
 
 
+def compiled_step(setup: TrainingSetup, state: Any, batch: Any):
+    """`setup`'s pmapped train step compiled, not run, for arguments shaped like `state` and
+    `batch` (arrays or ShapeDtypeStructs, with the device axis first)."""
+    return pmapped_steps(setup)[0].lower(state, batch).compile()
+
+
 def step_peak(setup: TrainingSetup, state: Any, batch: Any) -> int | None:
-    """The per-device peak of `setup`'s pmapped train step on arguments shaped like `state`
-    and `batch` (arrays or ShapeDtypeStructs, with the device axis first), compiled, not run."""
-    return peak_bytes(pmapped_steps(setup)[0].lower(state, batch).compile())
+    """The per-device peak of that compiled step."""
+    return peak_bytes(compiled_step(setup, state, batch))
 
 
 def abstract_training(config, num_classes: int, image_size: int) -> tuple[TrainingSetup, Any]:

@@ -40,7 +40,7 @@ class TrainState:
     plateau: Any  # the paper's learning-rate decay (optim.LearningRate's reduce_on_plateau)
     rng: jax.Array  # raw PRNG key; each step and device folds in its own dropout key
     # float16's dynamic loss scale; every run carries it, so a checkpoint resumes at any dtype.
-    loss_scale: DynamicScale = dataclasses.field(default_factory=lambda: new_loss_scale())
+    loss_scale: DynamicScale
 
 
 def new_loss_scale() -> DynamicScale:
