@@ -212,7 +212,7 @@ def registry_entry(tmp_path, file, digest):
     )  # fmt: skip
 
 
-def test_download_checks_the_hash_and_caches(tmp_path, monkeypatch):
+def test_download_checks_the_hash_and_caches(tmp_path, monkeypatch, capsys):
     model, variables = small_variables("vgg11", num_classes=1000)
     source = tmp_path / "published" / "tiny-weights.safetensors"
     source.parent.mkdir()
@@ -227,6 +227,8 @@ def test_download_checks_the_hash_and_caches(tmp_path, monkeypatch):
 
     entry = registry_entry(tmp_path, source, digest[:8])  # torchvision gives 8 digits
     cached = pretrained.weights_file(entry, cache_dir=cache)  # "downloads" the file:// URL
+    progress = capsys.readouterr().err  # a bar with the size, not one line then silence
+    assert re.search(r"tiny-weights.safetensors: 100%.*\| *([\d.]+[kM]?)/\1 ", progress), progress
     assert cached == cache / "tiny-weights.safetensors" and cached.read_bytes() == (
         source.read_bytes()
     )

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
+from tqdm import tqdm
 
 from vgg_jax.data.normalization import (
     CAFFE_NORMALIZATION,
@@ -131,7 +132,10 @@ def weights_file(
     with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as partial:
         try:
             with urllib.request.urlopen(weights.url, timeout=60) as response:
-                shutil.copyfileobj(response, partial)
+                size = int(response.headers.get("Content-Length") or 0) or None
+                bar = dict(total=size, desc=weights.file_name, unit="B", unit_scale=True)
+                with tqdm.wrapattr(partial, "write", unit_divisor=1024, **bar) as progress:
+                    shutil.copyfileobj(response, progress)
         except OSError as error:
             os.unlink(partial.name)
             raise FileNotFoundError(_fetch_by_hand(weights, cached, str(error))) from error
