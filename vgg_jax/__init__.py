@@ -19,6 +19,11 @@ Commands: `python train.py`, `python -m vgg_jax.evaluate` (the paper's test prot
 `python -m vgg_jax.predict` (classify image files), `python -m vgg_jax` (a layer table).
 """
 
+from vgg_jax.environment import check_requirements
+
+# Before jax is imported: an older jax or flax than vgg_jax needs would fail later, naming neither.
+check_requirements()
+
 from vgg_jax.data.labels import imagenet_class_names
 from vgg_jax.evaluation.protocols import (
     PROTOCOLS,

@@ -1,0 +1,46 @@
+"""`import vgg_jax` checks the installed libraries' versions before importing jax (the notebooks
+install vgg_jax without its dependencies in Colab, keeping Colab's jax and tensorflow)."""
+
+import subprocess
+import sys
+
+from vgg_jax.environment import unmet_requirements
+
+INSTALLED = {"jax": "0.4.30", "flax": "0.12.8", "tensorflow": "2.19.0", "tqdm": "4.67.1"}
+
+
+def test_too_old_versions_are_named_with_what_is_installed():
+    requirements = ["jax>=0.10", "flax>=0.12", "tqdm", "tensorflow-cpu>=2.16"]
+    assert unmet_requirements(requirements, INSTALLED.get) == ["jax>=0.10 (installed: 0.4.30)"]
+
+
+def test_any_tensorflow_build_stands_in_for_tensorflow_cpu():
+    assert unmet_requirements(["tensorflow-cpu>=2.16"], INSTALLED.get) == []
+    older = {"tensorflow": "2.12.0"}.get
+    assert unmet_requirements(["tensorflow-cpu>=2.16"], older) == [
+        "tensorflow-cpu>=2.16 (installed: 2.12.0)"
+    ]
+
+
+def test_missing_libraries_and_extras_are_left_to_the_imports_that_need_them():
+    # Without TensorFlow the model still runs (the GPU machines have none).
+    requirements = ["tensorflow-datasets>=4.9.8", 'pytest>=8; extra == "test"']
+    assert unmet_requirements(requirements, {"pytest": "7.0"}.get) == []
+
+
+def test_importing_vgg_jax_with_an_old_jax_says_what_to_do_before_importing_jax():
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "real = m.version\n"
+        "m.version = lambda name: '0.4.30' if name == 'jax' else real(name)\n"
+        "try:\n"
+        "    import vgg_jax\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+        "print('jax imported:', 'jax' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "vgg_jax needs jax>=0.10 (installed: 0.4.30)" in result.stdout
+    assert "pip install -U 'jax>=0.10'" in result.stdout and "Restart session" in result.stdout
+    assert "jax imported: False" in result.stdout
