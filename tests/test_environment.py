@@ -11,15 +11,20 @@ INSTALLED = {"jax": "0.4.30", "flax": "0.12.8", "tensorflow": "2.19.0", "tqdm": 
 
 def test_too_old_versions_are_named_with_what_is_installed():
     requirements = ["jax>=0.10", "flax>=0.12", "tqdm", "tensorflow-cpu>=2.16"]
-    assert unmet_requirements(requirements, INSTALLED.get) == ["jax>=0.10 (installed: 0.4.30)"]
+    [unmet] = unmet_requirements(requirements, INSTALLED.get)
+    assert str(unmet) == "jax>=0.10 (installed: 0.4.30)" and unmet.upgrade == "'jax>=0.10'"
 
 
 def test_any_tensorflow_build_stands_in_for_tensorflow_cpu():
     assert unmet_requirements(["tensorflow-cpu>=2.16"], INSTALLED.get) == []
     older = {"tensorflow": "2.12.0"}.get
-    assert unmet_requirements(["tensorflow-cpu>=2.16"], older) == [
-        "tensorflow-cpu>=2.16 (installed: 2.12.0)"
-    ]
+    [unmet] = unmet_requirements(["tensorflow-cpu>=2.16"], older)
+    assert str(unmet) == "tensorflow-cpu>=2.16 (installed: 2.12.0)"
+    assert unmet.upgrade == "'tensorflow>=2.16'"  # the build installed, not a second one
+
+
+def test_versions_that_cannot_be_ordered_are_not_reported():
+    assert unmet_requirements(["jax>=0.10"], {"jax": "local-build"}.get) == []
 
 
 def test_missing_libraries_and_extras_are_left_to_the_imports_that_need_them():

@@ -98,18 +98,20 @@ def check_training(text):
     [error] = percent(r"\d+ test images, \d+ misclassified \(([\d.]+)% top-1 error\)", text)
     assert abs(error - (100 - top1)) < 0.01  # the checkpoint read back is the best one
     # Trained at one scale, it fails at another (1.1% against 48.7% when measured).
-    at_32, at_48 = percent(r"([\d.]+)% top-1 error at Q=32, .* against ([\d.]+)% at Q=48", text)
+    at_32, at_48 = percent(r"([\d.]+)% top-1 error at Q=32, against ([\d.]+)% at Q=48 "
+                           r"\(trained at S=32 only\)", text)  # fmt: skip
     assert at_48 > at_32 + 20
 
 
 def check_pretrained(text):
     relative = dict(re.findall(r"perceptual loss, (.+?) vs the cat: ([\d.]+)", text))
-    assert float(relative["the cat itself"]) == 0.0 and float(relative["the coffee"]) == 1.0
+    assert float(relative["the cat itself"]) == 0.0  # the others are relative to the coffee's
     for change in ("shifted 4 px", "blurred", "noisy"):
         assert 0 < float(relative[change]) < 1, relative
     probes = dict(re.findall(r"linear probe on (.+?): ([\d.]+)% test accuracy", text))
     assert set(probes) == {"raw pixels", "random VGG16, conv5_3"}  # quick mode: no weights
-    assert all(float(accuracy) > 70 for accuracy in probes.values()), probes  # chance: 10%
+    # 90% and 91% when measured; chance is 10%.
+    assert all(float(accuracy) > 70 for accuracy in probes.values()), probes
     start, end = percent(r"LPIPS to the target: ([\d.]+) -> ([\d.]+)", text)
     assert end < 0.8 * start  # LPIPS's gradient steps pull the coffee towards the cat
 

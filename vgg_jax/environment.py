@@ -9,13 +9,30 @@ reported: the model runs without TensorFlow, and an import that needs one names 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 from typing import Callable, Iterable
 
 from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
 
 # tensorflow-cpu is what the package asks for; any TensorFlow build serves.
 ALTERNATIVES = {"tensorflow-cpu": ("tensorflow-cpu", "tensorflow", "tensorflow-macos")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Unmet:
+    requirement: Requirement
+    distribution: str  # the installed distribution that falls short
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.requirement.name}{self.requirement.specifier} (installed: {self.version})"
+
+    @property
+    def upgrade(self) -> str:
+        """What to give pip: the installed distribution, with the requirement's versions."""
+        return f"'{self.distribution}{self.requirement.specifier}'"
 
 
 def installed_version(distribution: str) -> str | None:
@@ -27,20 +44,26 @@ def installed_version(distribution: str) -> str | None:
 
 def unmet_requirements(
     requirements: Iterable[str], version_of: Callable[[str], str | None] = installed_version
-) -> list[str]:
-    """The requirements (without extras) whose installed versions are all too old or too new,
-    each as 'name>=X (installed: Y)'. Requirements with nothing installed are left out."""
+) -> list[Unmet]:
+    """The requirements (without extras) that no installed distribution meets. Requirements
+    with nothing installed, or only versions that are not PEP 440 (some local builds), are left
+    out: they are not known to fall short."""
     unmet = []
     for requirement in map(Requirement, requirements):
         if requirement.marker is not None:  # an extra's (test, notebooks)
             continue
-        names = ALTERNATIVES.get(requirement.name, (requirement.name,))
-        versions = [v for v in map(version_of, names) if v is not None]
-        if versions and not any(
-            requirement.specifier.contains(v, prereleases=True) for v in versions
+        installed = []
+        for name in ALTERNATIVES.get(requirement.name, (requirement.name,)):
+            version = version_of(name)
+            try:
+                installed.append((name, version, Version(version)))
+            except (InvalidVersion, TypeError):  # not installed, or a version pip cannot order
+                continue
+        if installed and not any(
+            requirement.specifier.contains(parsed, prereleases=True) for *_, parsed in installed
         ):
-            found = ", ".join(versions)
-            unmet.append(f"{requirement.name}{requirement.specifier} (installed: {found})")
+            name, version, _ = installed[0]
+            unmet.append(Unmet(requirement, name, version))
     return unmet
 
 
@@ -51,8 +74,9 @@ def check_requirements() -> None:
         return
     unmet = unmet_requirements(requirements)
     if unmet:
-        upgrade = " ".join(f"'{entry.split(' (')[0]}'" for entry in unmet)
+        upgrade = " ".join(entry.upgrade for entry in unmet)
         raise ImportError(
-            f"vgg_jax needs {'; '.join(unmet)}. Install them (pip install -U {upgrade}), then "
-            "restart Python (in Colab: Runtime > Restart session) and import vgg_jax again."
+            f"vgg_jax needs {'; '.join(map(str, unmet))}. Upgrade with pip install -U {upgrade} "
+            "(on a GPU, jax with its CUDA extra, e.g. 'jax[cuda12]'), then restart Python (in "
+            "Colab: Runtime > Restart session) and import vgg_jax again."
         )
