@@ -3,12 +3,14 @@ the same function as the library's layers."""
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import pytest
 from flax import linen as nn
 from helpers import ROOT
@@ -109,20 +111,25 @@ def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
     assert table == completed.stdout
 
 
-def test_input_pipeline_benchmark_times_generated_jpegs(tmp_path):
+def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), "--images", "48",
-        "--size", "120x90", "--batch-size", "8", "--batches", "3", "--cores", "1",
-        "--augmentations", "inception", "--dir", str(tmp_path / "jpegs"),
+        sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), "--images", "40",
+        "--size-mix", "--batch-size", "8", "--batches", "2", "--cores", "1",
+        "--augmentations", "paper", "--compare-torch", "--dir", str(tmp_path / "jpegs"),
         "--json", str(tmp_path / "rates.json"),
     ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert len(list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))) == 48
+    files = list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))
+    sides = [max(PIL.Image.open(f).size) for f in files]
+    assert len(files) == 40 and min(sides) <= 300 and max(sides) >= 1000  # small and large
     rates = json.loads((tmp_path / "rates.json").read_text())
-    assert [(r["augmentation"], r["cores"]) for r in rates] == [("inception", 1)]
-    assert all(r["images_per_second"] > 0 for r in rates)
-    assert "inception            1 cores:" in completed.stdout
+    assert [r["pipeline"] for r in rates] == [
+        "vgg_jax", "torch_decode_jpeg", "torch_pil", "vgg_jax_eval"
+    ]  # fmt: skip
+    assert all(r["cores"] == 1 and r["images_per_second"] > 0 for r in rates)
+    assert re.search(r"paper, 1 cores: vgg_jax is [\d.]+x the faster torchvision pipeline \(torch_",
+                     completed.stdout)  # fmt: skip
 
 
 @pytest.mark.skipif(
