@@ -24,6 +24,8 @@ END_MARKER_SEARCH_BYTES = 1024
 # Inception-style random-resized crops (Szegedy et al. 2015), as torchvision's defaults.
 INCEPTION_AREA = (0.08, 1.0)
 INCEPTION_ASPECT_RATIO = (3 / 4, 4 / 3)
+# The scales libjpeg decodes at without decoding whole (its DCT scaling).
+JPEG_DCT_RATIOS = (1, 2, 4, 8)
 
 
 def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
@@ -75,16 +77,31 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def decode_window(encoded: tf.Tensor, window_fn) -> tf.Tensor:
+def decode_window(encoded: tf.Tensor, window_fn, target: int | None = None) -> tf.Tensor:
     """Decodes only the window [top, left, height, width] that window_fn(image_size) picks.
 
     JPEGs are decoded and cropped in one op (their size is read from the header); PNGs must be
-    decoded whole first.
+    decoded whole first. With `target`, the side the window is resized to next, a JPEG window
+    at least twice that is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, which
+    skips most of the inverse transform's work), never below `target`.
     """
 
     def from_jpeg():
         size = tf.image.extract_jpeg_shape(encoded)[:2]
-        return tf.image.decode_and_crop_jpeg(encoded, window_fn(size), channels=3)
+        window = window_fn(size)
+
+        def decode_at(ratio: int):
+            # With a ratio, the window is given in the scaled image's pixels.
+            scaled = tf.concat([window[:2] // ratio, tf.maximum(window[2:] // ratio, 1)], 0)
+            return lambda: tf.image.decode_and_crop_jpeg(encoded, scaled, channels=3, ratio=ratio)
+
+        if target is None:
+            return decode_at(1)()
+        # The largest ratio that leaves the window's smaller side at least `target`.
+        fits = tf.reduce_min(window[2:]) >= tf.constant(JPEG_DCT_RATIOS[1:]) * target
+        return tf.switch_case(
+            tf.reduce_sum(tf.cast(fits, tf.int32)), [decode_at(r) for r in JPEG_DCT_RATIOS]
+        )
 
     def from_other():
         image = decode_rgb(encoded)
@@ -189,10 +206,14 @@ class TrainAugmentation:
         """JPEG/PNG bytes -> (uint8 RGB image, its float32 RGB lighting shift)."""
         window_seed, flip_seed, pca_seed = tf.unstack(split_seed(seed, 3))
         if self.inception_crop:
-            image = decode_window(encoded, lambda size: inception_window(size, window_seed))
+            image = decode_window(
+                encoded, lambda size: inception_window(size, window_seed), target=self.crop
+            )
         elif self.crop:
             image = decode_window(
-                encoded, lambda size: scale_jitter_window(size, window_seed, self.crop, self.scale)
+                encoded,
+                lambda size: scale_jitter_window(size, window_seed, self.crop, self.scale),
+                target=self.crop,
             )
         else:
             image = decode_rgb(encoded)
@@ -225,7 +246,9 @@ class EvalPreprocessing:
     def __call__(self, encoded: tf.Tensor) -> tf.Tensor:
         """JPEG/PNG bytes -> uint8 RGB."""
         if self.crop:
-            image = decode_window(encoded, lambda size: center_window(size, self.crop, self.scale))
+            image = decode_window(
+                encoded, lambda size: center_window(size, self.crop, self.scale), target=self.crop
+            )
             image = tf.image.resize(image, [self.crop, self.crop], antialias=True)
             return to_uint8(image)
         image = decode_rgb(encoded)
