@@ -4,7 +4,8 @@ the machine it ran on:
 - the default run (`python train.py`): test top-1/top-5 and the time of the whole command, and
   the time to the end of its first step, over several seeds (their spread);
 - the paper's test protocols on each of those runs (`python -m vgg_jax.evaluate`, Q = 32);
-- the training input pipeline's images/s on 1 and all cores (benchmarks/input_pipeline.py).
+- the input pipelines' images/s on 1 and all cores, against torchvision's, on one JPEG size
+  and on ImageNet-like sizes (benchmarks/input_pipeline.py --compare-torch [--size-mix]).
 
     python benchmarks/reproduce.py                 # 3 seeds: about 10 minutes on 2 CPU cores
     python benchmarks/reproduce.py --seeds 0 --skip-input
@@ -106,10 +107,13 @@ def default_runs(seeds: list[int]) -> None:
 
 
 def input_speed() -> None:
-    print("\n## Input pipeline: python benchmarks/input_pipeline.py\n", flush=True)
-    output = pathlib.Path(tempfile.mkdtemp()) / "input.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), f"--json={output}"]
-    subprocess.run(command, check=True, cwd=ROOT)
+    for sizes in ([], ["--size-mix"]):
+        flags = " ".join(["--compare-torch", *sizes])
+        print(f"\n## Input pipeline: python benchmarks/input_pipeline.py {flags}\n", flush=True)
+        output = pathlib.Path(tempfile.mkdtemp()) / "input.json"
+        command = [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"),
+                   "--compare-torch", *sizes, f"--json={output}"]  # fmt: skip
+        subprocess.run(command, check=True, cwd=ROOT)
 
 
 def main() -> None:
