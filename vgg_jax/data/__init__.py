@@ -6,7 +6,7 @@ import os
 # TensorFlow prints its C++ start-up lines (oneDNN's "custom operations are on", absl's "before
 # InitializeLog") once for each of its two native libraries, before its log level applies, on
 # every command. With oneDNN's TensorFlow ops off (the pipeline's decode, crop and resize do not
-# use them; images/s measured the same) and INFO hidden, it prints nothing. The package sets
+# use them; images/s were no lower) and INFO hidden, it prints nothing. The package sets
 # these before any of its modules imports TensorFlow; a value the user set is kept.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
