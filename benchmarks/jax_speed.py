@@ -146,13 +146,6 @@ def _peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
-def _bytes_limit() -> int | None:
-    import jax
-
-    stats = jax.local_devices()[0].memory_stats()
-    return stats.get("bytes_limit") if stats else None
-
-
 def estimate_max_batch(train_rows: list[dict], limit: int | None) -> dict | None:
     """The largest batch that fits, from the peak memory at the two largest batch sizes.
 
@@ -172,6 +165,8 @@ def estimate_max_batch(train_rows: list[dict], limit: int | None) -> dict | None
 
 
 def jax_section(args) -> dict:
+    from vgg_jax.training.memory import device_memory
+
     model = build_model(args)
     flops = model_flops_per_image(args, model)
     result = {"environment": jax_environment(), "forward_flops_per_image": flops, "rows": []}
@@ -181,7 +176,7 @@ def jax_section(args) -> dict:
     for batch_size in args.train_batch_sizes:
         result["rows"].append(vgg_jax_train(args, model, batch_size, flops))
         print_progress(result["rows"][-1])
-    result["max_batch"] = estimate_max_batch(result["rows"], _bytes_limit())
+    result["max_batch"] = estimate_max_batch(result["rows"], device_memory())
     if args.verify_max_batch and result["max_batch"]:
         batch_size = result["max_batch"]["estimated"]
         try:
