@@ -127,16 +127,17 @@ def generate_jpegs(
     marker.touch()
 
 
-def timed(batches_of_epoch, batches: int) -> float:
-    """Images/s over `batches` batches of the first epoch after its first two (threads or
-    workers started, buffers full): the steady state of a real epoch, which is thousands of
-    batches long, without the start-up that a short benchmark epoch would repeat."""
+def timed(batch_images, batches: int) -> float:
+    """Images/s over `batches` batches of one epoch (`batch_images`: the images in each) after
+    its first two (threads or workers started, buffers full): the steady state of a real epoch,
+    which is thousands of batches long, without the start-up that a short benchmark epoch would
+    repeat."""
     images, started = 0, None
-    for seen, batch_images in enumerate(batches_of_epoch(0), 1):
+    for seen, count in enumerate(batch_images, 1):
         if seen == 2:
             started = time.perf_counter()
         elif seen > 2:
-            images += batch_images
+            images += count
         if seen == batches + 2:
             return images / (time.perf_counter() - started)
     raise SystemExit(f"An epoch has fewer than {batches + 2} batches: generate more --images.")
@@ -151,14 +152,9 @@ def time_vgg_jax(root: str, augmentation: str, batch_size: int, batches: int) ->
     builder = sources.get_builder(root)
     augment = TrainAugmentation(**AUGMENTATIONS[augmentation])
 
-    def batches_of_epoch(epoch):
-        for batch in pipeline.train_batches(
-            builder, "train", batch_size, epoch=epoch, seed=0, augmentation=augment,
-            shuffle_buffer_size=1024,
-        ):  # fmt: skip
-            yield batch["image"].shape[0] * batch["image"].shape[1]
-
-    return timed(batches_of_epoch, batches)
+    epoch = pipeline.train_batches(builder, "train", batch_size, epoch=0, seed=0,
+                                   augmentation=augment, shuffle_buffer_size=1024)  # fmt: skip
+    return timed((batch["image"].shape[0] * batch["image"].shape[1] for batch in epoch), batches)
 
 
 def time_vgg_jax_eval(root: str, batch_size: int, batches: int) -> float:
@@ -170,11 +166,8 @@ def time_vgg_jax_eval(root: str, batch_size: int, batches: int) -> float:
     builder = sources.get_builder(root)
     preprocessing = EvalPreprocessing(scale=EVAL_SCALE, crop=EVAL_CROP)
 
-    def batches_of_epoch(epoch):
-        for batch in pipeline.eval_batches(builder, "train", batch_size, preprocessing):
-            yield int(batch["mask"].sum())
-
-    return timed(batches_of_epoch, batches)
+    epoch = pipeline.eval_batches(builder, "train", batch_size, preprocessing)
+    return timed((int(batch["mask"].sum()) for batch in epoch), batches)
 
 
 def time_torch(root: str, decoder: str, augmentation: str, batch_size: int, batches: int,
@@ -216,14 +209,9 @@ def time_torch(root: str, decoder: str, augmentation: str, batch_size: int, batc
 
     loader = torch.utils.data.DataLoader(
         Jpegs(), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-        persistent_workers=True, prefetch_factor=4,
+        prefetch_factor=4,
     )  # fmt: skip
-
-    def batches_of_epoch(epoch):
-        for images, _, _ in loader:
-            yield images.shape[0]
-
-    return timed(batches_of_epoch, batches)
+    return timed((images.shape[0] for images, _, _ in loader), batches)
 
 
 def run_worker(args) -> int:
