@@ -55,9 +55,11 @@ def unmet_requirements(
         installed = []
         for name in ALTERNATIVES.get(requirement.name, (requirement.name,)):
             version = version_of(name)
+            if version is None:  # not installed
+                continue
             try:
                 installed.append((name, version, Version(version)))
-            except (InvalidVersion, TypeError):  # not installed, or a version pip cannot order
+            except InvalidVersion:  # a version pip cannot order
                 continue
         if installed and not any(
             requirement.specifier.contains(parsed, prereleases=True) for *_, parsed in installed
