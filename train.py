@@ -17,6 +17,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "vgg_jax" / "configs" / "default.py"
+# Another run holds the work directory (sysexits' EX_TEMPFAIL: try again once it has finished).
+EXIT_WORKDIR_IN_USE = 75
 
 
 def exit_on_unknown_config_field(parse, *args):
@@ -72,7 +74,7 @@ def main(argv: list[str]) -> None:
     # import, and a mistyped flag or config value should not wait for it.
     import jax
 
-    from vgg_jax.training.loop import TrainingError, train_and_evaluate
+    from vgg_jax.training.loop import TrainingError, WorkdirInUse, train_and_evaluate
     from vgg_jax.training.signals import INTERRUPTED_TWICE, InterruptedTwice
 
     use_compilation_cache(FLAGS.compilation_cache_dir, FLAGS.workdir)
@@ -91,6 +93,9 @@ def main(argv: list[str]) -> None:
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except WorkdirInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_WORKDIR_IN_USE)
     except InterruptedTwice as error:
         print(f"\n{INTERRUPTED_TWICE}", file=sys.stderr)
         sys.exit(128 + signal.Signals[error.signal_name].value)
@@ -120,8 +125,16 @@ def checked_config_or_exit(workdir: str):
         check_config(config)
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    if pathlib.Path(workdir).exists() and not pathlib.Path(workdir).is_dir():
-        sys.exit(f"error: --workdir={workdir} is a file; give a folder (it is created if missing).")
+    from vgg_jax.training.workdir import WorkdirUnusable, check_workdir_path, in_use_message
+
+    try:
+        check_workdir_path(workdir)
+    except WorkdirUnusable as error:
+        sys.exit(f"error: {error}")
+    busy = in_use_message(workdir)
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
+        sys.exit(EXIT_WORKDIR_IN_USE)
     return config
 
 

@@ -36,6 +36,21 @@ def trained(digits_dir, tmp_path_factory):
     return workdir
 
 
+def test_evaluation_names_and_counts_the_images_it_skips(trained, tmp_path, caplog):
+    """As training does: the unreadable test images named on the console, not only in the
+    report (the command's logging shows vgg_jax's warnings)."""
+    from test_image_folder import BAD_FILES, make_folder
+
+    builder = sources.get_builder(str(make_folder(tmp_path / "pets")))
+    with caplog.at_level("WARNING", logger="vgg_jax"):
+        report = evaluate.evaluate([inference.from_checkpoint(trained)], builder, "train",
+                                   ["center"], scales=[32], batch_size=8, progress=False)  # fmt: skip
+    assert sorted(name.rsplit("/", 1)[-1] for name in report["skipped_images"]) == BAD_FILES
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vgg_jax"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"Skipped {len(BAD_FILES)} images of train")
+    assert all(name in warnings[0] for name in report["skipped_images"])
+
+
 def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, capsys):
     classifier = inference.from_checkpoint(trained)
     assert classifier.class_names == tuple(str(d) for d in range(10))

@@ -10,6 +10,8 @@ Other failures are tested where their machinery lives: a bad config value
 output (test_evaluate.py).
 """
 
+import json
+import os
 import pathlib
 import shutil
 import signal
@@ -95,6 +97,49 @@ def an_image(tmp_path) -> pathlib.Path:
 
 EVALUATE = ("vgg_jax.evaluate", "--split=test[:32]", "--batch_size=8")
 
+
+def damage_a_record(workdir, step):
+    """Bytes that are not UTF-8 over the JSON record of checkpoint `step` (not the best)."""
+    (workdir / "checkpoints" / str(step) / "record" / "metadata").write_bytes(b'{"best": \xe9\xff')
+
+
+def move_checkpoints_away(workdir, step):
+    shutil.move(workdir / "checkpoints", workdir.parent / "checkpoints-elsewhere")
+
+
+def summary_kept(workdir):
+    """The finished run's summary.json is as it was, and no new checkpoint was started."""
+    assert json.loads((workdir / "summary.json").read_text())["step"] == SAVED[-1]
+    assert not (workdir / "checkpoints").exists() or not any((workdir / "checkpoints").iterdir())
+
+
+def read_only(workdir, step):
+    """The finished run, copied onto a file system that is then made read-only (a tmpfs,
+    as root; elsewhere the folder's write permission is taken away). Returns the undo."""
+    mount = workdir.parent / "read-only"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        shutil.copytree(workdir, mount / "run")
+        for folder in [mount / "run", *(p for p in (mount / "run").rglob("*") if p.is_dir())]:
+            folder.chmod(0o555)
+        return lambda: [p.chmod(0o755) for p in [mount / "run", *(mount / "run").rglob("*")]
+                        if p.is_dir()]  # fmt: skip
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    shutil.copytree(workdir, mount / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    return lambda: subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def with_a_name_not_utf8(folder):
+    """An image whose file name is Latin-1 (caf\xe9.jpg) among the folder's images."""
+    good = (folder / "train" / "cat" / "0.jpg").read_bytes()
+    with open(os.path.join(os.fsencode(folder / "train" / "cat"), b"caf\xe9.jpg"), "wb") as file:
+        file.write(good)
+    return folder
+
 # (damage, command, exit code, the message, damaged steps). Commands get the workdir as {w},
 # the digits folder as {d} and an image as {image}.
 CASES = {
@@ -133,19 +178,60 @@ CASES = {
         None, ["train.py", "--workdir={w}/../other", "--config.init_from={w}/../nowhere"], 1,
         "error: config.init_from='{w}/../nowhere': No checkpoints in", (),
     ),
+    "read-only work directory: one line": (
+        read_only, ["train.py", "--workdir={w}/../read-only/run"], 1,
+        "error: Cannot write to the work directory {w}/../read-only/run: ", (),
+    ),
+    "work directory below a file: one line, at once": (
+        None, ["train.py", "--workdir={w}/summary.json/run1"], 1,
+        "error: --workdir={w}/summary.json/run1 is below the file {w}/summary.json; give a "
+        "folder", (),
+    ),
+    "a file name that is not UTF-8 in the image folder: refused, named": (
+        None, ["train.py", "--workdir={w}/../other", "--config.dataset={folder_not_utf8}",
+               "--config.eval_split=val", "--config.batch_size=4"],
+        1, "error: The file name {folder_not_utf8}/train/cat/caf\\xe9.jpg is not UTF-8", (),
+    ),
+    "a damaged record in a checkpoint that is not the best: evaluate's best still loads": (
+        damage_a_record, [*EVALUATE, "--workdir={w}", "--checkpoint=best"], 0,
+        "Checkpoint at step 30 in {w}/checkpoints has an unreadable record (UnicodeDecodeError",
+        (30,),
+    ),
+    "a damaged record in a checkpoint that is not the best: predict's best still loads": (
+        damage_a_record, ["vgg_jax.predict", "--workdir={w}", "--checkpoint=best", "{image}"], 0,
+        "Checkpoint at step 30 in {w}/checkpoints has an unreadable record (UnicodeDecodeError",
+        (30,),
+    ),
+    "an unknown --checkpoint: says what is accepted (evaluate)": (
+        None, [*EVALUATE, "--workdir={w}", "--checkpoint=lastest"], 2,
+        "error: argument --checkpoint: 'lastest' is not a checkpoint: give latest (the newest "
+        "readable), best (by validation top-1) or a step number.", (),
+    ),
+    "an unknown --checkpoint: says what is accepted (predict)": (
+        None, ["vgg_jax.predict", "--workdir={w}", "--checkpoint=lastest", "{image}"], 2,
+        "error: argument --checkpoint: 'lastest' is not a checkpoint", (),
+    ),
+    "a finished summary without checkpoints: refuses to start over": (
+        move_checkpoints_away, ["train.py", "--workdir={w}", "--config.max_steps=30"], 1,
+        "error: {w}/summary.json says a run trained to step 30 here, but {w}/checkpoints holds "
+        "no checkpoint of it (deleted or moved?). Training does not start over on its own; to "
+        "start from step 0 on purpose, delete {w}/summary.json", None, summary_kept,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_fault_matrix(case, finished, digits_dir, tmp_path):
-    damage, command, exit_code, message, damaged = CASES[case]
-    if damage is not None:
-        damage(finished, 30)
+def test_fault_matrix(case, finished, digits_dir, tmp_path, request):
+    damage, command, exit_code, message, damaged, *check = CASES[case]
+    undo = damage(finished, 30) if damage is not None else None
+    if callable(undo):
+        request.addfinalizer(undo)
     fill = {"w": str(finished), "image": str(an_image(tmp_path))}
-    if any("{folder}" in arg for arg in command):
+    if any("{folder" in arg for arg in command):
         from test_image_folder import make_folder
 
         fill["folder"] = str(make_folder(tmp_path / "pets"))
+        fill["folder_not_utf8"] = str(with_a_name_not_utf8(make_folder(tmp_path / "cafe")))
     args = [arg.format(**fill) for arg in command]
     if args[0] == "train.py":
         run_flags = tiny_flags(finished, digits_dir)[1:]  # the finished run's config
@@ -158,14 +244,17 @@ def test_fault_matrix(case, finished, digits_dir, tmp_path):
     assert message.format(**fill) in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "Given directory is read only" not in result.stderr
-    if exit_code == 1:
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    if exit_code in (1, 2):
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1, result.stderr[-3000:]
     if args[0] == "train.py" and (finished / "train.log").exists() and exit_code == 1:
         log = (finished / "train.log").read_text()
         stopped_here = "another configuration" in message or "start over" in message
         assert not stopped_here or "ERROR Stopped: " in log  # with its traceback, for debugging
-    assert_nothing_lost(finished, damaged, moved=args[0] == "train.py")
+    for extra_check in check:
+        extra_check(finished)
+    if damaged is not None:
+        assert_nothing_lost(finished, damaged, moved=args[0] == "train.py")
 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line(finished, digits_dir, tmp_path):
@@ -184,3 +273,52 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(finished, digits_dir, tmp_pat
     assert INTERRUPTED_TWICE in err and "Traceback" not in err, err[-3000:]
     assert f"ERROR Stopped: {INTERRUPTED_TWICE}" in log.read_text()
     assert_nothing_lost(finished)
+
+
+def test_a_second_run_on_a_work_directory_is_refused_and_the_first_keeps_its_work(
+    uninterrupted_run, digits_dir, tmp_path
+):
+    """A requeued job started while the first still runs (another seed, as the issue's case):
+    the second exits at once with 75, naming the first; the first finishes with the result
+    of an uninterrupted run, its checkpoints, config.json and summary.json its own."""
+    first = start_train_py(*tiny_flags(tmp_path, digits_dir), fault="delay_save:2",
+                           marker=tmp_path.parent / f"{tmp_path.name}-saving")  # fmt: skip
+    wait_until(lambda: (tmp_path / "train.log").exists(), first, what="the first run's log")
+    second = run([sys.executable, str(ROOT / "train.py"),
+                  *tiny_flags(tmp_path, digits_dir, seed=1)], timeout=120)  # fmt: skip
+    assert second.returncode == 75, second.stderr[-3000:]
+    assert f"error: Another training run is using {tmp_path} (process {first.pid} on " in (
+        second.stderr
+    )
+    assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("step", "best_step", "best_top1_accuracy"):
+        assert summary[key] == uninterrupted_run[1][key], key
+    from test_faults import assert_same_params
+
+    assert_same_params(tmp_path, uninterrupted_run[0])
+
+
+def test_the_lock_itself_refuses_a_run_that_passed_train_py_s_first_look(digits_dir, tmp_path):
+    """train.py looks at the lock before importing anything; two runs starting together can
+    both pass that look, and then the lock that train_and_evaluate takes decides."""
+    from helpers import tiny_config
+
+    from vgg_jax.training.loop import WorkdirInUse, train_and_evaluate
+    from vgg_jax.training.workdir import locked_workdir
+
+    with locked_workdir(tmp_path):
+        with pytest.raises(WorkdirInUse, match=f"process {os.getpid()} on "):
+            train_and_evaluate(tiny_config(digits_dir, max_steps=2), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]  # nothing else written
+
+
+def test_read_trained_variables_says_which_checkpoints_it_accepts(finished):
+    from vgg_jax.training.checkpoints import read_trained_variables
+
+    with pytest.raises(ValueError, match=r"^'lastest' is not a checkpoint: give latest"):
+        read_trained_variables(finished, "lastest")
+    assert read_trained_variables(finished, "22")[2] == 22  # a step, as a command passes it

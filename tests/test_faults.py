@@ -35,6 +35,7 @@ from vgg_jax.training.checkpoints import (
     read_trained_variables,
 )
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
+from vgg_jax.training.workdir import LOCK_FILE, in_use_message
 
 
 def tiny_flags(workdir, digits_dir, **overrides) -> list[str]:
@@ -90,6 +91,8 @@ def test_kill_9_mid_training_resumes_losing_at_most_one_checkpoint_interval(
     process.kill()  # SIGKILL: no handler runs, nothing is flushed
     process.communicate()
     assert process.returncode == -signal.SIGKILL
+    # The killed run held the work directory's lock: the OS let it go with the process.
+    assert (tmp_path / LOCK_FILE).exists() and in_use_message(tmp_path) is None
     reached, resumable = max(logged_steps(tmp_path)), committed_steps(tmp_path)[-1]
     # The rerun: what the same command runs (tiny_flags gives this config), in this process.
     summary = train_and_evaluate(tiny_config(digits_dir, max_steps=30, log_every_steps=1), tmp_path)

@@ -23,6 +23,7 @@ from typing import Sequence
 from absl import logging as absl_logging
 
 from vgg_jax.evaluation.protocols import PROTOCOLS, check_protocols, crop_size
+from vgg_jax.training.workdir import checkpoint_argument
 
 __all__ = ["evaluate", "format_table", "main"]  # noqa: F822 (two load on first use)
 
@@ -70,6 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     models.add_argument(
         "--checkpoint",
         default="latest",
+        type=checkpoint_argument,
         help="which checkpoint of each workdir: latest, best or a step",
     )
     models.add_argument(
@@ -108,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vgg_jax.evaluation.evaluate import evaluate, format_table
     from vgg_jax.training.checkpoints import CheckpointNotFound
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # force: importing TensorFlow's stack has already given the root logger a handler.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax reports every read at WARNING
     try:
         protocols = check_protocols(p.strip() for p in args.protocols.split(",") if p.strip())

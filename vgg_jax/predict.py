@@ -10,10 +10,13 @@ The work is done by vgg_jax.evaluation.predict; `predict` is here too.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Sequence
 
 from absl import logging as absl_logging
+
+from vgg_jax.training.workdir import checkpoint_argument
 
 __all__ = ["main", "predict"]  # noqa: F822 (predict loads on first use)
 
@@ -36,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a train.py work directory")
     source.add_argument("--weights", help="pretrained weights: a registry name or a file")
-    parser.add_argument("--checkpoint", default="latest", help="latest, best or a step")
+    parser.add_argument(
+        "--checkpoint", default="latest", type=checkpoint_argument, help="latest, best or a step"
+    )
     parser.add_argument("--model", help="the network a weights file holds (e.g. vgg16)")
     parser.add_argument("--dense", action="store_true", help="the paper's dense evaluation")
     parser.add_argument("--scale", type=int, help="smaller image side Q before the model")
@@ -46,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vgg_jax.evaluation.predict import predict
     from vgg_jax.training.checkpoints import CheckpointNotFound
 
+    # force: importing TensorFlow's stack has already given the root logger a handler.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax reports every read at WARNING
     try:
         if args.workdir:

@@ -115,6 +115,7 @@ def image_folder(root: str) -> tfds.core.DatasetBuilder:
             f"{path} holds no split folders; expected {path}/<split>/<class>/*.jpg (e.g. "
             f"{path}/train/cat/0001.jpg)."
         )
+    refuse_names_not_utf8(path)
     for split in splits:
         classes = sorted(p for p in split.iterdir() if p.is_dir())
         if not classes:
@@ -128,6 +129,25 @@ def image_folder(root: str) -> tfds.core.DatasetBuilder:
                     f"some or remove the folder (every class folder is a class)."
                 )
     return tfds.ImageFolder(str(path))
+
+
+def refuse_names_not_utf8(root: pathlib.Path) -> None:
+    """TensorFlow lists folders as UTF-8 and fails, naming no file, on the first name that is
+    not: such a name in root/<split>/<class>/ is refused here, its bytes escaped."""
+    top = os.fsencode(root)
+    for folder, subfolders, files in os.walk(top):
+        for name in subfolders + files:
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError:
+                escaped = os.path.join(folder, name).decode("utf-8", "backslashreplace")
+                raise DatasetUnavailable(
+                    f"The file name {escaped} is not UTF-8, which TensorFlow cannot list: "
+                    f"rename it (e.g. convmv -f latin1 -t utf-8), or move it out of {root}."
+                ) from None
+        relative = os.path.relpath(folder, top)
+        if relative != b"." and relative.count(b"/") >= 1:
+            subfolders.clear()  # root/<split>/<class>/: nothing deeper is read
 
 
 def split_examples(builder, split: str, whole: bool = False) -> int:

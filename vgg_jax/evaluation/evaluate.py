@@ -8,6 +8,7 @@ table like the paper's; `python -m vgg_jax.evaluate` is its command line.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import jax
@@ -100,11 +101,17 @@ def evaluate(
     if len(classifiers) > 1:
         for protocol in protocols:
             add_row(f"ensemble of {len(classifiers)}", protocol, scales, ensemble[protocol])
+    skipped_names = skipped.take()
+    if skipped_names:
+        logging.getLogger("vgg_jax").warning(
+            "Skipped %d images of %s that are not whole JPEG/PNG files or do not decode: %s",
+            len(skipped_names), split, ", ".join(skipped_names),
+        )  # fmt: skip
     report = {
         "dataset": builder.name,
         "split": split,
         "examples": int(seen.sum()),
-        "skipped_images": skipped.take(),
+        "skipped_images": skipped_names,
         "models": [c.name for c in classifiers],
         "protocols": list(protocols),
         "scales": list(scales),

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from vgg_jax.model.architectures import BATCH_NORM_SUFFIX, resolve_model_name
+from vgg_jax.training.workdir import checkpoint_choice
 
 BEST_METRIC = "top1_accuracy"
 UNREADABLE_FOLDER = "unreadable_checkpoints"  # beside checkpoints/: what could not be restored
@@ -126,6 +127,10 @@ def _json_or_none(path: pathlib.Path):
         return None
 
 
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+
+
 class CheckpointNotFound(ValueError):
     """No checkpoint to read where one was asked for, with what was there instead."""
 
@@ -190,9 +195,22 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        """The kept checkpoint with the best validation accuracy (None if none was evaluated)."""
-        scored = [(self.record(step).get("metrics"), step) for step in self.steps()]
-        ranks = [best_rank(metrics, step) for metrics, step in scored if metrics]
+        """The kept checkpoint with the best validation accuracy (None if none was evaluated).
+        A checkpoint whose record cannot be read is left out, with a warning naming it: the
+        best one may well be intact."""
+        ranks = []
+        for step in self.steps():
+            try:
+                metrics = self.record(step).get("metrics")
+            except Exception as error:  # orbax raises many types for a damaged record
+                self.unreadable[step] = error
+                _logger.warning(
+                    "Checkpoint at step %d in %s has an unreadable record (%s); it is left out "
+                    "of the choice of the best.", step, self.directory, _first_line(error),
+                )  # fmt: skip
+                continue
+            if metrics:
+                ranks.append(best_rank(metrics, step))
         return max(ranks)[1] if ranks else None
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict]:
@@ -230,10 +248,14 @@ class Checkpoints:
         """The fields of the dataclass `target` (a train state) that checkpoint `step` holds,
         shaped like target's. A checkpoint saved before a field was added lacks it, and the
         run keeps target's fresh value; checked against the digest, these are what was saved."""
-        # The manager knows no handler for "state" until it has saved one: read it directly.
-        with ocp.StandardCheckpointer() as checkpointer:
-            metadata = checkpointer.metadata(self.directory / str(step) / "state")
-        saved = set(metadata.item_metadata.keys())
+        # The manager knows no handler for "state" until it has saved one: read it directly,
+        # through the handler (a Checkpointer would look for step metadata in the item's
+        # folder, and warn on every resume that it is missing).
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            saved = set(handler.metadata(self.directory / str(step) / "state").keys())
+        finally:
+            handler.close()
         fields = {
             field.name: getattr(target, field.name)
             for field in dataclasses.fields(target)
@@ -279,7 +301,7 @@ class Checkpoints:
 
     def _unreadable(self, step: int, error: Exception, set_aside: bool, last: bool) -> None:
         self.unreadable[step] = error
-        detail = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+        detail = _first_line(error)
         if not set_aside and last:
             return  # nothing before it to try: the caller says what went wrong
         if not set_aside:
@@ -366,6 +388,7 @@ def read_trained_variables(workdir: str | pathlib.Path, which: str | int = "late
     `which` is "latest" (the newest readable checkpoint), "best" (by validation top-1) or a
     step number.
     """
+    which = checkpoint_choice(which)
     workdir = pathlib.Path(workdir).expanduser()
     directory = workdir / "checkpoints"
     if not directory.is_dir():
@@ -389,7 +412,7 @@ def read_trained_variables(workdir: str | pathlib.Path, which: str | int = "late
                 )
             candidates = [best]
         else:
-            step = int(which)
+            step = which
             if step not in steps:
                 raise CheckpointNotFound(
                     f"No checkpoint at step {step} in {directory}; it has steps "

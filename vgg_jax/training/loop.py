@@ -12,6 +12,7 @@ epoch (evaluate, plateau, best, report, save), finish (summary).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -55,8 +56,15 @@ from vgg_jax.training.reports import (
 )
 from vgg_jax.training.signals import INTERRUPTED_TWICE, InterruptedTwice, stop_requests
 from vgg_jax.training.steps import init_training, pmapped_steps, replicate, unreplicate
+from vgg_jax.training.workdir import (
+    WorkdirInUse,
+    WorkdirUnusable,
+    finished_step,
+    locked_workdir,
+    refusal_to_forget_a_run,
+)
 
-__all__ = ["TrainingError", "train_and_evaluate", "validate_config"]
+__all__ = ["TrainingError", "WorkdirInUse", "train_and_evaluate", "validate_config"]
 
 # A checkpoint can only be resumed by a run that builds the same network on the same data.
 ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", "crop_size")
@@ -117,7 +125,33 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     started = time.time()
     validate_config(config)
     run = Run(config, pathlib.Path(workdir).absolute(), started)
-    run.workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        hold_workdir(held, run.workdir, run.is_main)
+        return train_in_held_workdir(run)
+
+
+def hold_workdir(held: contextlib.ExitStack, workdir: pathlib.Path, is_main: bool) -> None:
+    """Creates the work directory and locks it for this run (process 0; vgg_jax.training.
+    workdir) in `held`. Another run holding it raises WorkdirInUse, before anything is read,
+    compiled or written; in a multi-host run every process raises it, told by process 0."""
+    failure = None
+    try:
+        held.enter_context(locked_workdir(workdir, take_lock=is_main))
+    except (WorkdirInUse, WorkdirUnusable) as error:
+        failure = error
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        held_by_0 = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
+        if not held_by_0 and failure is None:
+            failure = WorkdirInUse(f"Process 0 could not take {workdir}: see its message.")
+    if isinstance(failure, WorkdirUnusable):
+        raise TrainingError(str(failure)) from None
+    if failure is not None:
+        raise failure
+
+
+def train_in_held_workdir(run: Run) -> dict:
     with run_logging(run.workdir, run.is_main):
         failed = False
         try:
@@ -172,6 +206,8 @@ def set_up(run: Run) -> None:
         logger.info("Resumed from step %d in %s.", int(state.step), run.checkpoints.directory)
     elif run.checkpoints.set_aside_steps():
         raise TrainingError(refusal_to_start_over(run.checkpoints))
+    elif finished_step(run.workdir):
+        raise TrainingError(refusal_to_forget_a_run(run.workdir, finished_step(run.workdir)))
     elif config.init_from:
         state = start_from_run(config, state)
     run.step, run.plateau = int(state.step), state.plateau
