@@ -49,3 +49,23 @@ def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use
     from vgg_jax.inference import from_checkpoint  # importable by name too
 
     assert from_checkpoint.__module__ == "vgg_jax.evaluation.inference"
+
+
+def test_every_public_name_loads_from_its_module_on_first_use():
+    """`import vgg_jax` imports no jax (the commands' --help is fast); each name of __all__
+    loads its module when first used (PEP 562), and dir() lists them all."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vgg_jax\n"
+        "print('jax' in sys.modules)\n"
+        "assert sorted(vgg_jax.__all__) == sorted(vgg_jax._MODULE_OF), 'one list of names'\n"
+        "values = [getattr(vgg_jax, name) for name in vgg_jax.__all__]\n"
+        "assert set(vgg_jax.__all__) <= set(dir(vgg_jax)) and 'inference' in dir(vgg_jax)\n"
+        "from vgg_jax.weights.pretrained import WEIGHTS\n"
+        "print(vgg_jax.PRETRAINED_WEIGHTS is WEIGHTS, vgg_jax.vgg16().config)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True", "D"]
