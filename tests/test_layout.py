@@ -53,7 +53,7 @@ def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use
 
 def test_every_public_name_loads_from_its_module_on_first_use():
     """`import vgg_jax` imports no jax (the commands' --help is fast); each name of __all__
-    loads its module when first used (PEP 562), and dir() lists them all."""
+    loads its module when first used (PEP 562), as do submodules, and dir() lists them all."""
     import subprocess
     import sys
 
@@ -65,7 +65,11 @@ def test_every_public_name_loads_from_its_module_on_first_use():
         "assert set(vgg_jax.__all__) <= set(dir(vgg_jax)) and 'inference' in dir(vgg_jax)\n"
         "from vgg_jax.weights.pretrained import WEIGHTS\n"
         "print(vgg_jax.PRETRAINED_WEIGHTS is WEIGHTS, vgg_jax.vgg16().config)\n"
+        "print(vgg_jax.evaluation.protocols.center_crop.__module__)  # submodules too\n"
+        "print(hasattr(vgg_jax, 'no_such_name'), hasattr(vgg_jax.model, 'no_such_module'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["False", "True", "D"]
+    assert result.stdout.split() == [
+        "False", "True", "D", "vgg_jax.evaluation.protocols", "False", "False",
+    ]  # fmt: skip

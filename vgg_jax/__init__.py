@@ -21,6 +21,10 @@ Commands: `python train.py`, `python -m vgg_jax.evaluate` (the paper's test prot
 `python -m vgg_jax.predict` (classify image files), `python -m vgg_jax` (a layer table).
 """
 
+import importlib
+import pkgutil
+
+from vgg_jax._submodules import submodule_loader
 from vgg_jax.environment import check_requirements
 
 # Before jax is imported: an older jax or flax than vgg_jax needs would fail later, naming neither.
@@ -55,8 +59,7 @@ _SOURCES = {
 }  # fmt: skip
 _RENAMED = {"PRETRAINED_WEIGHTS": "WEIGHTS"}  # public name -> name in its module
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-# vgg_jax.inference, as the README writes it: it brings TensorFlow.
-_SUBMODULES = ("inference",)
+_load_submodule = submodule_loader(__name__)
 
 __all__ = [
     "CONFIGS",
@@ -102,16 +105,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    import importlib
-
-    if name in _SUBMODULES:
-        return importlib.import_module(f"vgg_jax.{name}")
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")
+    if name not in _MODULE_OF:  # a submodule (vgg_jax.inference, vgg_jax.evaluation, ...)
+        return _load_submodule(name)
     value = getattr(importlib.import_module(_MODULE_OF[name]), _RENAMED.get(name, name))
     globals()[name] = value  # found directly from now on
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+    return sorted(
+        {*globals(), *__all__, *(module.name for module in pkgutil.iter_modules(__path__))}
+    )
