@@ -13,6 +13,13 @@ import pathlib
 import signal
 import sys
 
+from vgg_jax.environment import MissingTrainingLibraries, require_training_libraries
+
+try:  # before absl and ml_collections, which the base install (no [train] extra) leaves out
+    require_training_libraries()
+except MissingTrainingLibraries as error:
+    sys.exit(f"error: {error}")
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -33,6 +33,13 @@ def test_missing_libraries_and_extras_are_left_to_the_imports_that_need_them():
     assert unmet_requirements(requirements, {"pytest": "7.0"}.get) == []
 
 
+def test_versions_of_the_train_extra_are_checked_and_other_extras_not():
+    installed = {"tensorflow-cpu": "2.12.0", "pytest": "7.0"}.get
+    requirements = ['tensorflow-cpu>=2.16; extra == "train"', 'pytest>=8; extra == "test"']
+    [unmet] = unmet_requirements(requirements, installed)
+    assert str(unmet) == "tensorflow-cpu>=2.16 (installed: 2.12.0)"
+
+
 def test_importing_vgg_jax_with_an_old_jax_says_what_to_do_before_importing_jax():
     code = (
         "import importlib.metadata as m, sys\n"

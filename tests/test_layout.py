@@ -49,3 +49,27 @@ def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use
     from vgg_jax.inference import from_checkpoint  # importable by name too
 
     assert from_checkpoint.__module__ == "vgg_jax.evaluation.inference"
+
+
+def test_every_public_name_loads_from_its_module_on_first_use():
+    """`import vgg_jax` imports no jax (the commands' --help is fast); each name of __all__
+    loads its module when first used (PEP 562), as do submodules, and dir() lists them all."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vgg_jax\n"
+        "print('jax' in sys.modules)\n"
+        "assert sorted(vgg_jax.__all__) == sorted(vgg_jax._MODULE_OF), 'one list of names'\n"
+        "values = [getattr(vgg_jax, name) for name in vgg_jax.__all__]\n"
+        "assert set(vgg_jax.__all__) <= set(dir(vgg_jax)) and 'inference' in dir(vgg_jax)\n"
+        "from vgg_jax.weights.pretrained import WEIGHTS\n"
+        "print(vgg_jax.PRETRAINED_WEIGHTS is WEIGHTS, vgg_jax.vgg16().config)\n"
+        "print(vgg_jax.evaluation.protocols.center_crop.__module__)  # submodules too\n"
+        "print(hasattr(vgg_jax, 'no_such_name'), hasattr(vgg_jax.model, 'no_such_module'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [
+        "False", "True", "D", "vgg_jax.evaluation.protocols", "False", "False",
+    ]  # fmt: skip

@@ -12,68 +12,54 @@ lpips, variables = vgg_jax.load_lpips()             # LPIPS distance (vgg_jax.pe
 distances = lpips.apply(variables, images0, images1)        # NHWC in [-1, 1] -> (N,)
 
 Subpackages, each importing only those before it: model, data, weights, training, evaluation.
-`vgg_jax.inference` (classifiers from checkpoints or weights) loads on first use, since it
-brings TensorFlow.
+`import vgg_jax` imports neither jax nor TensorFlow: each name above loads its module on first
+use, and `vgg_jax.inference` (classifiers from checkpoints or weights, with TensorFlow) too.
+The base install (`pip install vgg_jax`) runs the model, the weights and LPIPS; training, the
+input pipeline and evaluation on data sets need the `train` extra.
 
 Commands: `python train.py`, `python -m vgg_jax.evaluate` (the paper's test protocols),
 `python -m vgg_jax.predict` (classify image files), `python -m vgg_jax` (a layer table).
 """
 
+import importlib
+import pkgutil
+
+from vgg_jax._submodules import submodule_loader
 from vgg_jax.environment import check_requirements
 
 # Before jax is imported: an older jax or flax than vgg_jax needs would fail later, naming neither.
 check_requirements()
 
-from vgg_jax.data.labels import imagenet_class_names
-from vgg_jax.evaluation.protocols import (
-    PROTOCOLS,
-    center_posteriors,
-    dense_posteriors,
-    multi_crop_posteriors,
-    protocol_posteriors,
-)
-from vgg_jax.model.architectures import (
-    CONFIGS,
-    MODEL_NAMES,
-    LayerSpec,
-    downsampling_factor,
-    feature_names,
-    layer_specs,
-)
-from vgg_jax.model.costs import count_params, layer_table
-from vgg_jax.model.initializers import INIT_SCHEMES
-from vgg_jax.model.layers import local_response_norm
-from vgg_jax.model.vgg import (
-    VGG,
-    create_model,
-    vgg11,
-    vgg11_bn,
-    vgg11_lrn,
-    vgg13,
-    vgg13_bn,
-    vgg16,
-    vgg16_1x1,
-    vgg16_bn,
-    vgg19,
-    vgg19_bn,
-)
-from vgg_jax.perceptual import (
-    LPIPS,
-    content_loss,
-    feature_loss,
-    gram_matrix,
-    load_lpips,
-    perceptual_loss,
-    style_loss,
-)
-from vgg_jax.weights.pretrained import (
-    WEIGHTS as PRETRAINED_WEIGHTS,
-)
-from vgg_jax.weights.pretrained import (
-    export_torch_state_dict,
-    load_pretrained,
-    save_safetensors,
-)
+# Each public name and the module it lives in, imported on first use (PEP 562), so that the
+# commands answer --help and argument errors before jax (a second) is imported.
+_SOURCES = {
+    "vgg_jax.data.labels": ("imagenet_class_names",),
+    "vgg_jax.evaluation.protocols": (
+        "PROTOCOLS", "center_posteriors", "dense_posteriors", "multi_crop_posteriors",
+        "protocol_posteriors",
+    ),
+    "vgg_jax.model.architectures": (
+        "CONFIGS", "MODEL_NAMES", "LayerSpec", "downsampling_factor", "feature_names",
+        "layer_specs",
+    ),
+    "vgg_jax.model.costs": ("count_params", "layer_table"),
+    "vgg_jax.model.initializers": ("INIT_SCHEMES",),
+    "vgg_jax.model.layers": ("local_response_norm",),
+    "vgg_jax.model.vgg": (
+        "VGG", "create_model", "vgg11", "vgg11_bn", "vgg11_lrn", "vgg13", "vgg13_bn", "vgg16",
+        "vgg16_1x1", "vgg16_bn", "vgg19", "vgg19_bn",
+    ),
+    "vgg_jax.perceptual": (
+        "LPIPS", "content_loss", "feature_loss", "gram_matrix", "load_lpips", "perceptual_loss",
+        "style_loss",
+    ),
+    "vgg_jax.weights.pretrained": (
+        "PRETRAINED_WEIGHTS", "export_torch_state_dict", "load_pretrained", "save_safetensors",
+    ),
+}  # fmt: skip
+_RENAMED = {"PRETRAINED_WEIGHTS": "WEIGHTS"}  # public name -> name in its module
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+_load_submodule = submodule_loader(__name__)
 
 __all__ = [
     "CONFIGS",
@@ -119,9 +105,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # vgg_jax.inference, as the README writes it, without importing TensorFlow on `import vgg_jax`.
-    if name == "inference":
-        import importlib
+    if name not in _MODULE_OF:  # a submodule (vgg_jax.inference, vgg_jax.evaluation, ...)
+        return _load_submodule(name)
+    value = getattr(importlib.import_module(_MODULE_OF[name]), _RENAMED.get(name, name))
+    globals()[name] = value  # found directly from now on
+    return value
 
-        return importlib.import_module("vgg_jax.inference")
-    raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(
+        {*globals(), *__all__, *(module.name for module in pkgutil.iter_modules(__path__))}
+    )

@@ -6,8 +6,6 @@ import argparse
 from typing import Sequence
 
 from vgg_jax.model.architectures import MODEL_NAMES
-from vgg_jax.model.costs import format_layer_table, layer_table
-from vgg_jax.model.vgg import create_model
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--width", type=float, default=1.0, help="multiplier on conv widths")
     args = parser.parse_args(argv)
+    # Once the arguments are read: jax takes a second to import, --help should not wait for it.
+    from vgg_jax.model.costs import format_layer_table, layer_table
+    from vgg_jax.model.vgg import create_model
+
     try:
         model = create_model(args.model, num_classes=args.num_classes, width=args.width)
         rows = layer_table(model, args.image_size)

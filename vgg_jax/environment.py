@@ -1,16 +1,20 @@
-"""Whether the installed libraries are recent enough for vgg_jax, checked before jax is imported.
+"""Whether the installed libraries are recent enough for vgg_jax, checked before jax is imported;
+and whether those of the training profile are installed at all.
 
 Where vgg_jax is installed without its dependencies (Colab's notebooks do that, to keep Colab's
 own jax and tensorflow), an older jax or flax would otherwise fail later with an error that
 names neither. Runs on `import vgg_jax`, from the installed package's metadata; a source
-checkout that is not installed has none and is not checked. A library that is missing is not
-reported: the model runs without TensorFlow, and an import that needs one names it.
+checkout that is not installed has none and is not checked. The base requirements and the
+`train` extra's are checked, the other extras' (test, notebooks) not. A library that is missing
+is not reported here: the model, the weights and LPIPS run without TensorFlow, and the modules
+of training, the input pipeline and evaluation call require_training_libraries() first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import importlib.util
 from typing import Callable, Iterable
 
 from packaging.requirements import Requirement
@@ -18,6 +22,24 @@ from packaging.version import InvalidVersion, Version
 
 # tensorflow-cpu is what the package asks for; any TensorFlow build serves.
 ALTERNATIVES = {"tensorflow-cpu": ("tensorflow-cpu", "tensorflow", "tensorflow-macos")}
+# The extra whose versions are checked with the base requirements'.
+CHECKED_EXTRA = "train"
+# What training, the input pipeline and evaluation on data sets import that the base install
+# lacks, by import name, with its distribution in pyproject.toml's train extra (a test keeps the
+# two in step; that extra also raises the minimum versions of optax and orbax, which flax brings).
+TRAINING_LIBRARIES = {
+    "tensorflow": "tensorflow-cpu",
+    "tensorflow_datasets": "tensorflow-datasets",
+    "ml_collections": "ml_collections",
+    "absl": "absl-py",
+    "sklearn": "scikit-learn",
+    "tensorboard": "tensorboard",
+}
+INSTALL_TRAINING = 'pip install "vgg_jax[train]" (in a checkout: pip install -e ".[train]")'
+
+
+class MissingTrainingLibraries(ImportError):
+    """The base install, without the libraries of training and the input pipeline."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +67,14 @@ def installed_version(distribution: str) -> str | None:
 def unmet_requirements(
     requirements: Iterable[str], version_of: Callable[[str], str | None] = installed_version
 ) -> list[Unmet]:
-    """The requirements (without extras) that no installed distribution meets. Requirements
-    with nothing installed, or only versions that are not PEP 440 (some local builds), are left
-    out: they are not known to fall short."""
+    """The requirements (the base ones and the train extra's) that no installed distribution
+    meets. Requirements with nothing installed, or only versions that are not PEP 440 (some
+    local builds), are left out: they are not known to fall short."""
     unmet = []
     for requirement in map(Requirement, requirements):
-        if requirement.marker is not None:  # an extra's (test, notebooks)
+        if requirement.marker is not None and not requirement.marker.evaluate(
+            {"extra": CHECKED_EXTRA}
+        ):  # another extra's (test, notebooks), or another platform's
             continue
         installed = []
         for name in ALTERNATIVES.get(requirement.name, (requirement.name,)):
@@ -81,4 +105,34 @@ def check_requirements() -> None:
             f"vgg_jax needs {'; '.join(map(str, unmet))}. Upgrade with pip install -U {upgrade} "
             "(on a GPU, jax with its CUDA extra, e.g. 'jax[cuda12]'), then restart Python (in "
             "Colab: Runtime > Restart session) and import vgg_jax again."
+        )
+
+
+def missing_training_libraries() -> tuple[str, ...]:
+    """The distributions of TRAINING_LIBRARIES that cannot be imported (found without importing
+    them: TensorFlow takes seconds)."""
+    return tuple(
+        distribution
+        for module, distribution in TRAINING_LIBRARIES.items()
+        if not _importable(module)
+    )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, a broken entry in sys.modules
+        return False
+
+
+def require_training_libraries() -> None:
+    """Raises MissingTrainingLibraries, saying what to install, where the training profile is
+    not installed: called by the modules of training, the input pipeline and evaluation before
+    their imports, so that a base install names the extra instead of a missing module."""
+    missing = missing_training_libraries()
+    if missing:
+        raise MissingTrainingLibraries(
+            f"Training, the input pipeline and evaluation on data sets need "
+            f"{', '.join(missing)}, which the base install of vgg_jax leaves out (it builds "
+            f"models, loads weights and computes LPIPS). Install them with {INSTALL_TRAINING}."
         )

@@ -20,9 +20,8 @@ import sys
 import tempfile
 from typing import Sequence
 
-from absl import logging as absl_logging
-
-from vgg_jax.evaluation.protocols import PROTOCOLS, check_protocols, crop_size
+from vgg_jax.environment import MissingTrainingLibraries, require_training_libraries
+from vgg_jax.evaluation.protocol_names import PROTOCOLS, check_protocols
 from vgg_jax.training.workdir import checkpoint_argument
 
 __all__ = ["evaluate", "format_table", "main"]  # noqa: F822 (two load on first use)
@@ -105,9 +104,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        require_training_libraries()
+    except MissingTrainingLibraries as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    from absl import logging as absl_logging
+
     from vgg_jax.data.sources import get_builder
     from vgg_jax.evaluation import inference
     from vgg_jax.evaluation.evaluate import evaluate, format_table
+    from vgg_jax.evaluation.protocols import crop_size
     from vgg_jax.training.checkpoints import CheckpointNotFound
 
     # force: importing TensorFlow's stack has already given the root logger a handler.

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Sequence
 
-from absl import logging as absl_logging
+from vgg_jax.environment import MissingTrainingLibraries, require_training_libraries
 
 from vgg_jax.training.workdir import checkpoint_argument
 
@@ -47,6 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, help="smaller image side Q before the model")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print")
     args = parser.parse_args(argv)
+    try:
+        require_training_libraries()
+    except MissingTrainingLibraries as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    from absl import logging as absl_logging
+
     from vgg_jax.evaluation import inference
     from vgg_jax.evaluation.predict import predict
     from vgg_jax.training.checkpoints import CheckpointNotFound

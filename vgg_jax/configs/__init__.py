@@ -7,6 +7,10 @@ argument to a file that takes one. `get_config(name, *args)` returns one by name
 
 import importlib
 
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no ml_collections: name the extra
+
 from ml_collections import ConfigDict
 
 

@@ -10,3 +10,7 @@ import os
 # these before any of its modules imports TensorFlow; a value the user set is kept.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from vgg_jax._submodules import submodule_loader
+
+__getattr__ = submodule_loader(__name__)  # vgg_jax.data.<module> without importing it

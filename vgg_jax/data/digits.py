@@ -8,6 +8,11 @@ inside the package), upsampled to 32x32 RGB, the smallest input VGG takes. Every
 from __future__ import annotations
 
 import numpy as np
+
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no TensorFlow Datasets: name the extra
+
 import tensorflow_datasets as tfds
 
 IMAGE_SIZE = 32

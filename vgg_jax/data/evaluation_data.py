@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no TensorFlow: name the extra
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 

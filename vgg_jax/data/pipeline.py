@@ -18,6 +18,10 @@ import math
 import threading
 from typing import Iterator
 
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no TensorFlow: name the extra
+
 import jax
 import numpy as np
 import tensorflow as tf

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no TensorFlow: name the extra
+
 import tensorflow as tf
 
 from vgg_jax.data.normalization import IMAGENET_PCA_EIGENVALUES, IMAGENET_PCA_EIGENVECTORS

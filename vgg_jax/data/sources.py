@@ -12,6 +12,10 @@ import logging
 import os
 import pathlib
 
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no TensorFlow: name the extra
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 

@@ -14,6 +14,10 @@ import dataclasses
 import pathlib
 from typing import Callable
 
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no ml_collections: name the extra
+
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict

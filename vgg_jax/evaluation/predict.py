@@ -10,6 +10,10 @@ from __future__ import annotations
 import pathlib
 from typing import Sequence
 
+from vgg_jax.environment import require_training_libraries
+
+require_training_libraries()  # a base install has no TensorFlow: name the extra
+
 import jax
 import numpy as np
 import tensorflow as tf

@@ -25,19 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vgg_jax.evaluation.protocol_names import PROTOCOLS, check_protocols
 from vgg_jax.model.architectures import downsampling_factor
 from vgg_jax.model.vgg import VGG
 
-PROTOCOLS = ("center", "dense", "multi_crop", "dense+multi_crop")
+__all__ = [  # PROTOCOLS and check_protocols live in protocol_names, without jax
+    "PROTOCOLS", "center_crop", "center_posteriors", "check_protocols", "crop_size",
+    "dense_posteriors", "flipped", "grid_offsets", "multi_crop_posteriors", "multi_crops",
+    "posterior_function", "protocol_posteriors",
+]  # fmt: skip
 GRID = 5  # the paper's 5x5 grid of crops per scale
-
-
-def check_protocols(protocols) -> tuple[str, ...]:
-    protocols = tuple(protocols)
-    unknown = [name for name in protocols if name not in PROTOCOLS]
-    if unknown or not protocols:
-        raise ValueError(f"Unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}.")
-    return protocols
 
 
 def crop_size(model: VGG, variables: dict) -> int:

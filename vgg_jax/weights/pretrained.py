@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -33,7 +34,7 @@ from vgg_jax.data.normalization import (
 )
 from vgg_jax.model.architectures import resolve_model_name
 from vgg_jax.model.vgg import VGG, create_model
-from vgg_jax.weights import convert
+from vgg_jax.weights import convert, torch_files
 
 DEFAULT_CACHE = pathlib.Path(
     os.environ.get("VGG_JAX_CACHE", pathlib.Path.home() / ".cache" / "vgg_jax")
@@ -159,35 +160,53 @@ def _fetch_by_hand(weights: PretrainedWeights, cached: pathlib.Path, why: str) -
 def read_arrays(path: pathlib.Path, layout: str) -> dict:
     """A weights file as NumPy arrays: {tensor name: array} for PyTorch layouts,
     {layer name: [kernel, bias]} for Keras h5 files."""
-    from safetensors import SafetensorError
-
     suffix = path.suffix.lower()
     try:
         if layout == "keras" or suffix == ".h5":
             return _read_keras_h5(path)
         if suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            return load_file(str(path))
+            return _read_safetensors(path)
         return _read_torch(path)
-    except (OSError, EOFError, RuntimeError, KeyError, SafetensorError) as error:
-        raise convert.ConversionError(
-            f"Could not read {path} ({type(error).__name__}: {error}); the file may be "
-            f"truncated: download it again."
-        ) from error
+    except torch_files.RefusedGlobal as error:
+        raise convert.ConversionError(f"Refused to read {path}: {error}") from None
+    except (OSError, EOFError, KeyError, torch_files.TorchFileError) as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: pathlib.Path, error: Exception) -> convert.ConversionError:
+    return convert.ConversionError(
+        f"Could not read {path} ({type(error).__name__}: {error}); the file may be "
+        f"truncated: download it again."
+    )
+
+
+def _read_safetensors(path: pathlib.Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise _unreadable(path, error) from error
 
 
 def _read_torch(path: pathlib.Path) -> dict:
-    try:
-        import torch
-    except ImportError:
+    """A PyTorch state dict's arrays, floats as float32, read without PyTorch (torch_files)."""
+    state = torch_files.load(path)
+    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise convert.ConversionError(
-            f"Reading {path.name} (a PyTorch file) needs PyTorch: pip install torch, or use the "
-            f"same weights as .safetensors (timm publishes them)."
-        ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {key: value.float().numpy() if value.is_floating_point() else value.numpy()
-            for key, value in state.items()}  # fmt: skip
+            f"{path.name} holds a {type(state).__name__} that is not a state dict of tensors "
+            f"({{name: tensor}}), as torchvision's and timm's weight files are."
+        )
+    return {str(key): _native(value) for key, value in state.items()}
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """Floats of any width as float32 (what the conversion computes in), integers as they are,
+    both in the machine's byte order."""
+    if array.dtype.kind in "biu":
+        return array.astype(array.dtype.newbyteorder("="))
+    return array.astype(np.float32)
 
 
 def _read_keras_h5(path: pathlib.Path) -> dict:
@@ -227,12 +246,14 @@ def variables_from_file(path, model: VGG, layout: str | None = None) -> dict:
 def model_from_file(
     path, model_name: str, layout: str | None = None, **model_kwargs
 ) -> tuple[VGG, dict, Callable]:
-    """(model, variables, preprocess) from a weights file of any number of classes: the
-    model is `model_name` ("vgg16", "vgg16_bn", ...) sized to the file; torchvision's
+    """(model, variables, preprocess) from a weights file of any number of classes and FC
+    width: the model is `model_name` ("vgg16", "vgg16_bn", ...) sized to the file; torchvision's
     preprocessing for PyTorch layouts, the Caffe one for Keras h5 files."""
     config, batch_norm = resolve_model_name(model_name)
     variables, layout = _converted(path, config, batch_norm, layout)
-    num_classes = int(variables["params"]["fc8"]["kernel"].shape[-1])
+    params = variables["params"]
+    num_classes = int(params["fc8"]["kernel"].shape[-1])
+    model_kwargs.setdefault("fc_features", int(params["fc7"]["kernel"].shape[-1]))
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     check_shapes(variables, model)
     preprocess = CAFFE_NORMALIZATION if layout == "keras" else IMAGENET_NORMALIZATION
@@ -264,6 +285,9 @@ def load_pretrained(
         )
     weights = WEIGHTS[name]
     model = create_model(weights.model, num_classes=1000, **model_kwargs)
+    if weights.layout == "keras" and importlib.util.find_spec("h5py") is None:
+        # Said before a download of hundreds of MB, not after it.
+        raise ImportError(f"Reading {name} (a Keras .h5 file) needs h5py: pip install h5py.")
     file = weights_file(weights, path, cache_dir, download)
     return model, variables_from_file(file, model, weights.layout), weights.preprocessing
 
