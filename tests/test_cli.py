@@ -73,6 +73,6 @@ def test_help_and_argument_errors_answer_without_loading_tensorflow(command, arg
 def test_ci_builds_the_docs_with_the_command_the_docs_give():
     contributing = (ROOT / "docs" / "contributing.md").read_text()
     build = contributing.split("## Documentation", 1)[1]
-    [command] = re.findall(r"```bash\n(.*?)\n```", build, re.S)
+    [command] = re.findall(r"```bash\n(.*?)\n```", build, re.DOTALL)
     assert "mkdocs build --strict" in command
     assert command in (ROOT / ".ci" / "run").read_text().splitlines()

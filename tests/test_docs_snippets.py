@@ -22,6 +22,9 @@ def test_every_python_block_of_the_readme_and_the_docs_runs(tmp_path):
     env = {
         **os.environ,
         "VGG_JAX_CACHE": str(cache),
+        # A reader's default XLA flags: with LLVM optimisation off (conftest.py) drawing VGG16's
+        # 138 million random initial weights took 4x longer.
+        "XLA_FLAGS": "",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     command = [sys.executable, str(TESTS / "docs_snippets.py"), str(cache), *map(str, pages)]
