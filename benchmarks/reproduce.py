@@ -1,5 +1,5 @@
-"""Regenerates every measured figure the README states, on this machine, and prints each beside
-the machine it ran on:
+"""Regenerates the measured figures of docs/reproducibility.md and the input speed of
+docs/performance.md, on this machine, and prints each beside the machine it ran on:
 
 - the default run (`python train.py`): test top-1/top-5 and the time of the whole command, and
   the time to the end of its first step, over several seeds (their spread);

@@ -68,3 +68,11 @@ def test_help_and_argument_errors_answer_without_loading_tensorflow(command, arg
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
     assert "usage: python -m vgg_jax." in result.stdout + result.stderr
+
+
+def test_ci_builds_the_docs_with_the_command_the_docs_give():
+    contributing = (ROOT / "docs" / "contributing.md").read_text()
+    build = contributing.split("## Documentation", 1)[1]
+    [command] = re.findall(r"```bash\n(.*?)\n```", build, re.DOTALL)
+    assert "mkdocs build --strict" in command
+    assert command in (ROOT / ".ci" / "run").read_text().splitlines()
