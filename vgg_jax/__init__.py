@@ -23,6 +23,7 @@ Commands: `python train.py`, `python -m vgg_jax.evaluate` (the paper's test prot
 
 import importlib
 import pkgutil
+from typing import TYPE_CHECKING
 
 from vgg_jax._submodules import submodule_loader
 from vgg_jax.environment import check_requirements
@@ -102,6 +103,68 @@ __all__ = [
     "vgg19",
     "vgg19_bn",
 ]
+
+
+if TYPE_CHECKING:  # what static readers (the API reference's griffe, IDEs) follow
+    from vgg_jax.data.labels import (
+        imagenet_class_names,
+    )
+    from vgg_jax.evaluation.protocols import (
+        PROTOCOLS,
+        center_posteriors,
+        dense_posteriors,
+        multi_crop_posteriors,
+        protocol_posteriors,
+    )
+    from vgg_jax.model.architectures import (
+        CONFIGS,
+        MODEL_NAMES,
+        LayerSpec,
+        downsampling_factor,
+        feature_names,
+        layer_specs,
+    )
+    from vgg_jax.model.costs import (
+        count_params,
+        layer_table,
+    )
+    from vgg_jax.model.initializers import (
+        INIT_SCHEMES,
+    )
+    from vgg_jax.model.layers import (
+        local_response_norm,
+    )
+    from vgg_jax.model.vgg import (
+        VGG,
+        create_model,
+        vgg11,
+        vgg11_bn,
+        vgg11_lrn,
+        vgg13,
+        vgg13_bn,
+        vgg16,
+        vgg16_1x1,
+        vgg16_bn,
+        vgg19,
+        vgg19_bn,
+    )
+    from vgg_jax.perceptual import (
+        LPIPS,
+        content_loss,
+        feature_loss,
+        gram_matrix,
+        load_lpips,
+        perceptual_loss,
+        style_loss,
+    )
+    from vgg_jax.weights.pretrained import (
+        WEIGHTS as PRETRAINED_WEIGHTS,
+    )
+    from vgg_jax.weights.pretrained import (
+        export_torch_state_dict,
+        load_pretrained,
+        save_safetensors,
+    )
 
 
 def __getattr__(name: str):
