@@ -206,8 +206,8 @@ def set_up(run: Run) -> None:
         logger.info("Resumed from step %d in %s.", int(state.step), run.checkpoints.directory)
     elif run.checkpoints.set_aside_steps():
         raise TrainingError(refusal_to_start_over(run.checkpoints))
-    elif finished_step(run.workdir):
-        raise TrainingError(refusal_to_forget_a_run(run.workdir, finished_step(run.workdir)))
+    elif finished := finished_step(run.workdir):
+        raise TrainingError(refusal_to_forget_a_run(run.workdir, finished))
     elif config.init_from:
         state = start_from_run(config, state)
     run.step, run.plateau = int(state.step), state.plateau
