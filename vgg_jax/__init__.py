@@ -10,6 +10,8 @@ model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")   # Imag
 posteriors = vgg_jax.dense_posteriors(model, variables, preprocess(uint8_images))  # Section 3.2
 lpips, variables = vgg_jax.load_lpips()             # LPIPS distance (vgg_jax.perceptual)
 distances = lpips.apply(variables, images0, images1)        # NHWC in [-1, 1] -> (N,)
+dists, variables = vgg_jax.load_dists()             # DISTS distance (vgg_jax.dists)
+distances = dists.apply(variables, images0, images1)        # NHWC in [0, 1] -> (N,)
 
 Subpackages, each importing only those before it: model, data, weights, training, evaluation.
 `vgg_jax.inference` (classifiers from checkpoints or weights) loads on first use, since it
@@ -25,6 +27,7 @@ from vgg_jax.environment import check_requirements
 check_requirements()
 
 from vgg_jax.data.labels import imagenet_class_names
+from vgg_jax.dists import DISTS, load_dists
 from vgg_jax.evaluation.protocols import (
     PROTOCOLS,
     center_posteriors,
@@ -77,6 +80,7 @@ from vgg_jax.weights.pretrained import (
 
 __all__ = [
     "CONFIGS",
+    "DISTS",
     "INIT_SCHEMES",
     "LPIPS",
     "MODEL_NAMES",
@@ -97,6 +101,7 @@ __all__ = [
     "imagenet_class_names",
     "layer_specs",
     "layer_table",
+    "load_dists",
     "load_lpips",
     "load_pretrained",
     "local_response_norm",
