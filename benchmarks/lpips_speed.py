@@ -1,13 +1,15 @@
-"""LPIPS pairs/s: vgg_jax's LPIPS against the `lpips` package (PyTorch, eager), in one run on
-the same cores, forward and forward + backward with respect to the first image; and what the
-VGG16 forward to conv5_3 alone allows, LPIPS's floor.
+"""LPIPS and DISTS pairs/s: vgg_jax's LPIPS against the `lpips` package and its DISTS against
+the `DISTS-pytorch` package (PyTorch, eager), in one run on the same cores, forward and
+forward + backward with respect to the first image; and what the VGG16 forward to conv5_3
+alone allows, LPIPS's floor.
 
     python benchmarks/lpips_speed.py                   # 256x256, batch 4 pairs, CPU
     taskset -c 0 python benchmarks/lpips_speed.py      # on one core
     python benchmarks/lpips_speed.py --size 64 --batch 2 --repeats 2 --json out.json
 
-Both sides use a random VGG16 and uniform linear weights (speed does not depend on the
-values) and float32. On a GPU machine both run on the GPU (JAX's default device; PyTorch's
+Both sides use a random VGG16 and uniform linear weights (DISTS: the reference's random
+alpha and beta; speed does not depend on the values) and float32. Without DISTS-pytorch
+installed, its rows are left out. On a GPU machine both run on the GPU (JAX's default device; PyTorch's
 "cuda"); on CPU, on whatever cores the process may use (pin it with taskset).
 Each rate is the median of --repeats timed runs after an untimed warm-up (compilation), with
 the spread.
@@ -16,6 +18,7 @@ the spread.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -41,6 +44,7 @@ def jax_rows(args) -> dict:
     import jax.numpy as jnp
 
     import vgg_jax
+    from vgg_jax.dists import DISTS
     from vgg_jax.perceptual import LPIPS, LPIPS_LAYERS
 
     module = LPIPS(vgg_jax.vgg16())
@@ -65,10 +69,17 @@ def jax_rows(args) -> dict:
 
         return timed_rate(run, args.steps, args.repeats, args.batch)  # pairs per call
 
+    dists = DISTS(vgg_jax.vgg16())
+    unit0, unit1 = (images0 + 1) / 2, (images1 + 1) / 2  # DISTS takes [0, 1]
+    dists_variables = jax.jit(dists.init)(keys[2], unit0, unit1)
+    dists_forward = jax.jit(dists.apply)
+    dists_backward = jax.jit(jax.grad(lambda v, x, y: dists.apply(v, x, y).sum(), argnums=1))
     return {
         "vgg_jax forward": timed(forward, variables, images0, images1),
         "vgg_jax forward+backward": timed(backward, variables, images0, images1),
         "VGG16 to conv5_3 alone (2 images a pair)": timed(features, backbone_variables, both),
+        "vgg_jax DISTS forward": timed(dists_forward, dists_variables, unit0, unit1),
+        "vgg_jax DISTS forward+backward": timed(dists_backward, dists_variables, unit0, unit1),
     }
 
 
@@ -96,9 +107,43 @@ def torch_rows(args) -> dict:
             model(image, images1).sum().backward()
         finish()
 
-    return {
+    rows = {
         "lpips forward": timed_rate(forward, args.steps, args.repeats, args.batch),
         "lpips forward+backward": timed_rate(backward, args.steps, args.repeats, args.batch),
+    }
+    if importlib.util.find_spec("DISTS_pytorch") is not None:
+        rows.update(dists_torch_rows(args, device, finish))
+    return rows
+
+
+def dists_torch_rows(args, device: str, finish) -> dict:
+    import DISTS_pytorch.DISTS_pt as reference
+    import torch
+    import torchvision
+
+    # DISTS_pt builds models.vgg16(pretrained=True), a download: the same network, random.
+    random_vgg = staticmethod(lambda **kwargs: torchvision.models.vgg16(weights=None))
+    reference.models = type("Models", (), {"vgg16": random_vgg})
+    model = reference.DISTS(load_weights=False).eval().to(device)
+    shape = (args.batch, 3, args.size, args.size)
+    images0, images1 = (torch.rand(shape, device=device) for _ in range(2))
+
+    def forward(count):
+        for _ in range(count):
+            model(images0, images1)  # under no_grad: DISTS_pt's default
+        finish()
+
+    def backward(count):
+        for _ in range(count):
+            image = images0.clone().requires_grad_(True)
+            model(image, images1, require_grad=True).sum().backward()
+        finish()
+
+    return {
+        "DISTS_pytorch forward": timed_rate(forward, args.steps, args.repeats, args.batch),
+        "DISTS_pytorch forward+backward": timed_rate(
+            backward, args.steps, args.repeats, args.batch
+        ),
     }
 
 
@@ -114,7 +159,7 @@ def main(argv=None) -> dict:
 
         torch.set_num_threads(cores)
         rows.update(torch_rows(args))
-    print(f"LPIPS pairs/s at {args.size}x{args.size}, batch {args.batch}, on {where}:")
+    print(f"LPIPS and DISTS pairs/s at {args.size}x{args.size}, batch {args.batch}, on {where}:")
     for name, rate in rows.items():
         print(f"  {name:42} {rate['median']:8.2f}  ({rate['min']:.2f}-{rate['max']:.2f})")
     ratios = {}
@@ -124,6 +169,11 @@ def main(argv=None) -> dict:
         for mode in ("forward", "forward+backward"):
             ratio = rows[f"vgg_jax {mode}"]["median"] / rows[f"lpips {mode}"]["median"]
             ratios[f"vgg_jax / lpips, {mode}"] = ratio
+            if f"DISTS_pytorch {mode}" in rows:
+                ratio = rows[f"vgg_jax DISTS {mode}"]["median"]
+                ratios[f"vgg_jax / DISTS_pytorch, {mode}"] = (
+                    ratio / rows[f"DISTS_pytorch {mode}"]["median"]
+                )
     for name, ratio in ratios.items():
         print(f"  {name:42} {ratio:8.2f}x")
     results = {"size": args.size, "batch": args.batch, "cores": cores, "device": where,

@@ -133,7 +133,8 @@ def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("lpips") is None, reason="the lpips package is not installed"
+    not all(importlib.util.find_spec(m) for m in ("lpips", "DISTS_pytorch")),
+    reason="the lpips or the DISTS-pytorch package is not installed",
 )
 def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_path):
     command = [
@@ -145,12 +146,14 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     results = json.loads((tmp_path / "lpips.json").read_text())
     assert set(results["pairs_per_second"]) == {
         "vgg_jax forward", "vgg_jax forward+backward", "VGG16 to conv5_3 alone (2 images a pair)",
-        "lpips forward", "lpips forward+backward",
+        "lpips forward", "lpips forward+backward", "vgg_jax DISTS forward",
+        "vgg_jax DISTS forward+backward", "DISTS_pytorch forward", "DISTS_pytorch forward+backward",
     }  # fmt: skip
     assert all(rate["median"] > 0 for rate in results["pairs_per_second"].values())
     assert set(results["ratios"]) == {
         "vgg_jax forward / backbone floor", "vgg_jax / lpips, forward",
-        "vgg_jax / lpips, forward+backward",
+        "vgg_jax / lpips, forward+backward", "vgg_jax / DISTS_pytorch, forward",
+        "vgg_jax / DISTS_pytorch, forward+backward",
     }  # fmt: skip
     assert "vgg_jax / lpips, forward" in completed.stdout and "host cores:" in completed.stdout
     # Where the lpips package is missing (the GPU image), the vgg_jax rows alone.

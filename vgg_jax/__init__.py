@@ -10,6 +10,8 @@ model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")   # Imag
 posteriors = vgg_jax.dense_posteriors(model, variables, preprocess(uint8_images))  # Section 3.2
 lpips, variables = vgg_jax.load_lpips()             # LPIPS distance (vgg_jax.perceptual)
 distances = lpips.apply(variables, images0, images1)        # NHWC in [-1, 1] -> (N,)
+dists, variables = vgg_jax.load_dists()             # DISTS distance (vgg_jax.dists)
+distances = dists.apply(variables, images0, images1)        # NHWC in [0, 1] -> (N,)
 
 Subpackages, each importing only those before it: model, data, weights, training, evaluation.
 `import vgg_jax` imports neither jax nor TensorFlow: each name above loads its module on first
@@ -35,6 +37,7 @@ check_requirements()
 # commands answer --help and argument errors before jax (a second) is imported.
 _SOURCES = {
     "vgg_jax.data.labels": ("imagenet_class_names",),
+    "vgg_jax.dists": ("DISTS", "load_dists"),
     "vgg_jax.evaluation.protocols": (
         "PROTOCOLS", "center_posteriors", "dense_posteriors", "multi_crop_posteriors",
         "protocol_posteriors",
@@ -64,6 +67,7 @@ _load_submodule = submodule_loader(__name__)
 
 __all__ = [
     "CONFIGS",
+    "DISTS",
     "INIT_SCHEMES",
     "LPIPS",
     "MODEL_NAMES",
@@ -84,6 +88,7 @@ __all__ = [
     "imagenet_class_names",
     "layer_specs",
     "layer_table",
+    "load_dists",
     "load_lpips",
     "load_pretrained",
     "local_response_norm",
@@ -108,6 +113,10 @@ __all__ = [
 if TYPE_CHECKING:  # what static readers (the API reference's griffe, IDEs) follow
     from vgg_jax.data.labels import (
         imagenet_class_names,
+    )
+    from vgg_jax.dists import (
+        DISTS,
+        load_dists,
     )
     from vgg_jax.evaluation.protocols import (
         PROTOCOLS,

@@ -6,6 +6,7 @@ and Bethge (2016) and Johnson, Alahi and Fei-Fei (2016).
     lpips, variables = vgg_jax.load_lpips()                  # torchvision's VGG16 + v0.1 weights
     distances = lpips.apply(variables, images0, images1)     # NHWC in [-1, 1] -> (N,)
     maps = lpips.apply(variables, images0, images1, spatial=True)  # (N, H, W)
+    loss = lpips.apply(variables, images0, images1, reduction="mean")  # the batch's mean
     model, variables, preprocess = vgg_jax.load_pretrained("vgg16.tv_in1k")
     loss = vgg_jax.perceptual_loss(model, variables, preprocess, images, content, style)
 
@@ -42,18 +43,21 @@ LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 MIN_SIDE = 16  # conv5_3 comes after four 2x2 poolings
 RANGE_SLACK = 1e-3  # what [-1, 1] allows for rounding
+REDUCTIONS = ("none", "mean", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearWeights:
-    """A published file of LPIPS's linear weights (read by vgg_jax.weights.pretrained)."""
+    """A published file of a metric's learned weights, LPIPS's linear weights or DISTS's
+    alpha and beta (fetched and checked by vgg_jax.weights.pretrained.weights_file)."""
 
     name: str
     url: str
     file_hash: str
     hash_algorithm: str
     file_name: str
-    package_path: str  # where the `lpips` pip package bundles the same file
+    package: str  # the reference's pip package, which bundles the same file
+    package_path: str  # where in that package
     load_hint: str
 
 
@@ -63,6 +67,7 @@ LPIPS_VGG_V0_1 = LinearWeights(
     file_hash="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
     hash_algorithm="sha256",
     file_name="lpips_vgg_v0.1.pth",
+    package="lpips",
     package_path="weights/v0.1/vgg.pth",
     load_hint="load_lpips(linear_path=...)",
 )
@@ -70,12 +75,14 @@ LPIPS_VGG_V0_1 = LinearWeights(
 
 class LPIPS(nn.Module):
     """LPIPS distances between two batches of NHWC images in [-1, 1]: (N,) distances, or with
-    spatial=True (N, H, W) maps (each layer's map upsampled bilinearly, as lpips does).
+    spatial=True (N, H, W) maps (each layer's map upsampled bilinearly, as lpips does);
+    reduction="mean" or "sum" reduces over the batch ((), or an (H, W) map).
 
     Checked before any compute: both batches have one shape, 3 channels, sides of at least
     16 pixels; and, when the images are concrete arrays rather than traced under jit, that
     their values lie in [-1, 1] (a min/max on the host: under jit this costs nothing).
-    `spatial` is static: under jax.jit pass it by name, with static_argnames="spatial".
+    `spatial` and `reduction` are static: under jax.jit pass them by name, with
+    static_argnames=("spatial", "reduction").
     """
 
     backbone: VGG
@@ -93,7 +100,10 @@ class LPIPS(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, images0: jax.Array, images1: jax.Array, spatial: bool = False):
+    def __call__(
+        self, images0: jax.Array, images1: jax.Array, spatial: bool = False, reduction="none"
+    ):
+        check_reduction(reduction)
         check_image_pair(images0, images1)
         shift, scale = jnp.asarray(LPIPS_SHIFT), jnp.asarray(LPIPS_SCALE)
         both = (jnp.concatenate([images0, images1]) - shift) / scale
@@ -110,34 +120,54 @@ class LPIPS(nn.Module):
                 total = total + jax.image.resize(weighted, shape, "linear", antialias=False)
             else:
                 total = total + jnp.mean(weighted, axis=(1, 2))
-        return total
+        return reduce_batch(total, reduction)
 
 
 def _average(key, shape, dtype):
     return jnp.full(shape, 1.0 / shape[0], dtype)
 
 
-def check_image_pair(images0, images1) -> None:
+LPIPS_RANGE_HINT = "for images in [0, 1] pass 2 * x - 1; for uint8, x / 127.5 - 1"
+
+
+def check_image_pair(
+    images0, images1, metric="LPIPS", value_range=(-1, 1), range_hint=LPIPS_RANGE_HINT
+) -> None:
+    """Both batches NHWC RGB of one shape, sides >= MIN_SIDE, values in `value_range` (when
+    concrete), or a ValueError naming `metric` and what it takes."""
     shape0, shape1 = jnp.shape(images0), jnp.shape(images1)
     if shape0 != shape1:
-        raise ValueError(f"LPIPS compares images of one shape; got {shape0} and {shape1}.")
+        raise ValueError(f"{metric} compares images of one shape; got {shape0} and {shape1}.")
     if len(shape0) != 4 or shape0[-1] != 3:
-        raise ValueError(f"LPIPS takes NHWC RGB batches (N, H, W, 3); got shape {shape0}.")
+        raise ValueError(f"{metric} takes NHWC RGB batches (N, H, W, 3); got shape {shape0}.")
     if min(shape0[1:3]) < MIN_SIDE:
         raise ValueError(
-            f"LPIPS needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels (conv5_3 comes after "
-            f"four poolings); got {shape0[1]}x{shape0[2]}."
+            f"{metric} needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels (conv5_3 comes "
+            f"after four poolings); got {shape0[1]}x{shape0[2]}."
         )
+    low_end, high_end = value_range
     for images in (images0, images1):
         if isinstance(images, jax.core.Tracer):
             continue  # under jit: values unknown until it runs
         values = np.asarray(images)  # on the host: under jit, jnp would trace even a constant
         low, high = float(values.min()), float(values.max())
-        if low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK:
+        if low < low_end - RANGE_SLACK or high > high_end + RANGE_SLACK:
             raise ValueError(
-                f"LPIPS takes images in [-1, 1]; got values from {low:.3g} to {high:.3g} "
-                f"(for images in [0, 1] pass 2 * x - 1; for uint8, x / 127.5 - 1)."
+                f"{metric} takes images in [{low_end}, {high_end}]; got values from {low:.3g} "
+                f"to {high:.3g} ({range_hint})."
             )
+
+
+def check_reduction(reduction) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}.")
+
+
+def reduce_batch(values: jax.Array, reduction: str) -> jax.Array:
+    """Per-image values (N, ...) as they are ("none"), or their mean or sum over the batch."""
+    if reduction == "mean":
+        return jnp.mean(values, axis=0)
+    return jnp.sum(values, axis=0) if reduction == "sum" else values
 
 
 def load_lpips(
@@ -152,20 +182,30 @@ def load_lpips(
     `backbone_path`), or a weights file of a VGG16 given as `backbone`; the v0.1 linear
     weights from `linear_path`, else from the `lpips` package where installed, else from the
     cache or downloaded (their hash checked either way)."""
-    if pathlib.Path(str(backbone)).expanduser().is_file():
-        model, variables, preprocess = pretrained.model_from_file(backbone, "vgg16", dtype=dtype)
-    else:
-        model, variables, preprocess = pretrained.load_pretrained(
-            backbone, path=backbone_path, cache_dir=cache_dir, download=download, dtype=dtype
-        )
-    if preprocess != IMAGENET_NORMALIZATION:
-        raise ValueError(
-            f"LPIPS's input scaling is fitted to torchvision-style VGG16 weights; {backbone} "
-            f"expects other inputs (Caffe's 0-255 minus the mean). Use vgg16.tv_in1k."
-        )
+    model, variables = load_backbone("LPIPS", backbone, backbone_path, cache_dir, download, dtype)
     module = LPIPS(model)
     linear = read_linear_weights(linear_weights_file(linear_path, cache_dir, download))
     return module, lpips_variables(module, variables, linear)
+
+
+def load_backbone(metric: str, backbone, backbone_path, cache_dir, download, dtype, **kwargs):
+    """(VGG16, variables) for a metric: registry name (or its file at `backbone_path`), or a
+    VGG16 weights file given as `backbone`; refused unless torchvision-normalised."""
+    if pathlib.Path(str(backbone)).expanduser().is_file():
+        model, variables, preprocess = pretrained.model_from_file(
+            backbone, "vgg16", dtype=dtype, **kwargs
+        )
+    else:
+        model, variables, preprocess = pretrained.load_pretrained(
+            backbone, path=backbone_path, cache_dir=cache_dir, download=download, dtype=dtype,
+            **kwargs,
+        )  # fmt: skip
+    if preprocess != IMAGENET_NORMALIZATION:
+        raise ValueError(
+            f"{metric}'s input scaling is fitted to torchvision-style VGG16 weights; {backbone} "
+            f"expects other inputs (Caffe's 0-255 minus the mean). Use vgg16.tv_in1k."
+        )
+    return model, variables
 
 
 def lpips_variables(module: LPIPS, backbone_variables: dict, linear: dict | None = None) -> dict:
@@ -193,9 +233,15 @@ def lpips_variables(module: LPIPS, backbone_variables: dict, linear: dict | None
 def linear_weights_file(path=None, cache_dir=None, download: bool = True) -> pathlib.Path:
     """`path` (hash checked), else the copy the `lpips` package bundles, else the cache or a
     download."""
-    weights = LPIPS_VGG_V0_1
+    return metric_weights_file(LPIPS_VGG_V0_1, path, cache_dir, download)
+
+
+def metric_weights_file(weights: LinearWeights, path=None, cache_dir=None, download=True):
+    """`path` (hash checked), else the copy the reference package bundles, else the cache or
+    a download."""
     if path is None:
-        spec = importlib.util.find_spec("lpips")  # found without importing it (and PyTorch)
+        # Found without importing the package (and PyTorch).
+        spec = importlib.util.find_spec(weights.package)
         if spec is not None and spec.submodule_search_locations:
             bundled = pathlib.Path(spec.submodule_search_locations[0]) / weights.package_path
             if bundled.is_file():
@@ -203,10 +249,15 @@ def linear_weights_file(path=None, cache_dir=None, download: bool = True) -> pat
     return pretrained.weights_file(weights, path=path, cache_dir=cache_dir, download=download)
 
 
+def read_torch_arrays(path) -> dict:
+    """{name: array} of a PyTorch weights file: the one reader of the metrics' files."""
+    return pretrained.read_arrays(pathlib.Path(path), "torch")
+
+
 def read_linear_weights(path: pathlib.Path) -> dict:
     """{layer name: (C,) weights} from lpips's file (lin0.model.1.weight ... of shape
     (1, C, 1, 1)); a clear error for another file."""
-    arrays = pretrained.read_arrays(pathlib.Path(path), "torch")
+    arrays = read_torch_arrays(path)
     linear = {}
     for index, name in enumerate(LPIPS_LAYERS):
         key = f"lin{index}.model.1.weight"

@@ -14,6 +14,7 @@ from vgg_jax.model.architectures import (
     conv_blocks,
     downsampling_factor,
     feature_names,
+    layer_specs,
     resolve_config,
     resolve_model_name,
 )
@@ -24,6 +25,7 @@ from vgg_jax.model.layers import (
     SlidingFullyConnected,
     avg_pool_2x2,
     dense_shaped_init,
+    l2_pool_hann,
     local_response_norm,
     max_pool_2x2,
     relu,
@@ -48,8 +50,9 @@ class VGG(nn.Module):
       in_channels: channels the input must have.
       dtype: computation dtype (e.g. jnp.bfloat16); logits are returned in float32.
       param_dtype: storage dtype of the parameters.
-      pooling: "max" (the paper's) or "avg" (Gatys et al.'s, for image synthesis); the
-        parameters are the same either way.
+      pooling: "max" (the paper's), "avg" (Gatys et al.'s, for image synthesis) or "l2"
+        (DISTS's Hann-window L2 pooling, l2_pool_hann, which halves each side rounding up);
+        the parameters are the same whichever.
       remat: recompute each conv block's activations in the backward pass instead of keeping
         them (REMAT_POLICY), to lower training's peak memory; one more forward pass of the
         convs. The parameters and the results are the same either way; extract_features
@@ -128,7 +131,7 @@ class VGG(nn.Module):
     @nn.compact
     def _forward(self, x, train: bool, dense: bool, wanted: tuple[str, ...]):
         reaches_head = not wanted or any(name in HEAD_FEATURE_NAMES for name in wanted)
-        self._check_call(x, train, dense, reaches_head)
+        self._check_call(x, train, dense, wanted, reaches_head)
         scheme = init_scheme(self.init_scheme)
         features: dict[str, jax.Array] = {}
 
@@ -187,7 +190,7 @@ class VGG(nn.Module):
             name=name,
         )
 
-    def _check_call(self, x, train: bool, dense: bool, reaches_head: bool) -> None:
+    def _check_call(self, x, train: bool, dense: bool, wanted, reaches_head: bool) -> None:
         """Rejects a bad input or call before any computation, saying what was expected."""
         shape = tuple(jnp.shape(x))
         if len(shape) != 4:
@@ -207,11 +210,12 @@ class VGG(nn.Module):
                 f"VGG expects {self.in_channels} channels in the last axis (NHWC); got input "
                 f"of shape {shape}.{hint}"
             )
-        factor = downsampling_factor(self.config)
-        if height < factor or width < factor:
+        least, deepest = _smallest_side(self.config, wanted, reaches_head)
+        if self.pooling != "l2" and (height < least or width < least):  # l2 rounds up
             raise ValueError(
-                f"Input {height}x{width} is too small: VGG's max-pools shrink each side "
-                f"{factor}-fold, so anything under {factor}x{factor} leaves an empty pool5 map."
+                f"Input {height}x{width} is too small: VGG's poolings shrink each side "
+                f"{least}-fold by {deepest}, so anything under {least}x{least} leaves an "
+                f"empty {deepest} map."
             )
         if train and self.batch_norm and not self.is_mutable_collection("batch_stats"):
             raise ValueError(
@@ -229,7 +233,9 @@ class VGG(nn.Module):
         if fc6 is None:  # initialising: FC6's window is taken from this input
             return
         window = tuple(fc6["kernel"].shape[:2])
-        pool5 = (height // factor, width // factor)
+        factor = downsampling_factor(self.config)
+        rounding = 0 if self.pooling != "l2" else factor - 1  # l2 pooling rounds up
+        pool5 = ((height + rounding) // factor, (width + rounding) // factor)
         if dense and (pool5[0] < window[0] or pool5[1] < window[1]):
             raise ValueError(
                 f"The dense head slides FC6's {window[0]}x{window[1]} window over the pool5 "
@@ -283,9 +289,21 @@ def conv_layers(module: VGG, x: jax.Array, specs: tuple[LayerSpec, ...], train: 
             x = relu(x)
         elif spec.kind == "lrn":
             x = local_response_norm(x)
-        else:  # (looked up by name here, so benchmarks/variants.py can swap it)
-            x = max_pool_2x2(x) if module.pooling == "max" else avg_pool_2x2(x)
+        elif module.pooling == "max":  # (looked up by name here, so variants can swap it)
+            x = max_pool_2x2(x)
+        else:
+            x = avg_pool_2x2(x) if module.pooling == "avg" else l2_pool_hann(x)
     return x
+
+
+def _smallest_side(config: str, wanted, reaches_head: bool) -> tuple[int, str]:
+    """The side under which max or average pooling empties the deepest layer computed, and
+    that layer's name: 32 for pool5 and the head; 16 for features up to conv5_3 (LPIPS's)."""
+    specs = layer_specs(config)
+    if reaches_head or not wanted:
+        return downsampling_factor(config), specs[-1].name
+    last = max(index for index, spec in enumerate(specs) if spec.name in wanted)
+    return 2 ** sum(spec.kind == "pool" for spec in specs[: last + 1]), specs[last].name
 
 
 def _check_positive_int(name: str, value: Any) -> None:
