@@ -1,9 +1,9 @@
 """Images/s of the training input pipeline alone, per CPU core, on full-size JPEGs, against
 torchvision's on the same files.
 
-    python benchmarks/input_pipeline.py                  # 1,536 JPEGs of 500x375, 1 and all cores
-    python benchmarks/input_pipeline.py --compare-torch --size-mix --dir /tmp/jpegs_mix
-    python benchmarks/input_pipeline.py --cores 1,4,16 --images 2000 --dir /data/fake_jpegs
+    python -m benchmarks.input_pipeline                  # 1,536 JPEGs of 500x375, 1 and all cores
+    python -m benchmarks.input_pipeline --compare-torch --size-mix --dir /tmp/jpegs_mix
+    python -m benchmarks.input_pipeline --cores 1,4,16 --images 2000 --dir /data/fake_jpegs
 
 Generates a folder data set of ImageNet-sized JPEGs (smooth random content with texture, so
 they compress like photos): all of one size, or with --size-mix ImageNet's spread (most near

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from timing import print_progress, result_row, timed_rate
+from benchmarks.timing import print_progress, result_row, timed_rate
 
 
 def jax_environment() -> dict:
@@ -195,7 +195,7 @@ def variant_rows(args, model, flops: int) -> list[dict]:
     """The library's train step and inference with a variant's replacements patched in."""
     from unittest import mock
 
-    from variants import VARIANTS
+    from benchmarks.variants import VARIANTS
 
     variant = VARIANTS[args.section_variant]
     rows = []

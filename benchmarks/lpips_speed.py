@@ -3,9 +3,9 @@ the `DISTS-pytorch` package (PyTorch, eager), in one run on the same cores, forw
 forward + backward with respect to the first image; and what the VGG16 forward to conv5_3
 alone allows, LPIPS's floor.
 
-    python benchmarks/lpips_speed.py                   # 256x256, batch 4 pairs, CPU
-    taskset -c 0 python benchmarks/lpips_speed.py      # on one core
-    python benchmarks/lpips_speed.py --size 64 --batch 2 --repeats 2 --json out.json
+    python -m benchmarks.lpips_speed                   # 256x256, batch 4 pairs, CPU
+    taskset -c 0 python -m benchmarks.lpips_speed      # on one core
+    python -m benchmarks.lpips_speed --size 64 --batch 2 --repeats 2 --json out.json
 
 Both sides use a random VGG16 and uniform linear weights (DISTS: the reference's random
 alpha and beta; speed does not depend on the values) and float32. Without DISTS-pytorch
@@ -22,10 +22,8 @@ import importlib.util
 import json
 import os
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from timing import timed_rate  # noqa: E402
+from benchmarks.timing import timed_rate
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Where device time goes in a JAX profiler trace (the *.trace.json.gz jax.profiler writes).
 
-    python benchmarks/profile_summary.py runs/profile [--top 25] [--steps 3]
+    python -m benchmarks.profile_summary runs/profile [--top 25] [--steps 3]
 
 For every device timeline (a GPU's streams and its "XLA Ops" line), the total busy time and
 the events that took the most of it, grouped by name, per training step when --steps is given.

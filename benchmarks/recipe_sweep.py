@@ -1,8 +1,8 @@
 """Runs `python train.py` over seeds, compute dtypes and XLA optimisation levels, and prints each
 run's final and best test top-1, its largest drop between two evaluations, and its wall time.
 
-    python benchmarks/recipe_sweep.py                       # the default recipe, 12 runs
-    python benchmarks/recipe_sweep.py --set model=vgg11_bn --set learning_rate=0.1
+    python -m benchmarks.recipe_sweep                       # the default recipe, 12 runs
+    python -m benchmarks.recipe_sweep --set model=vgg11_bn --set learning_rate=0.1
 
 This is how the default recipe (vgg_jax/configs/default.py) was chosen: it must hold on every
 run, not on one lucky seed or one CPU's rounding. Each run is a fresh process with a fresh work

@@ -1,5 +1,5 @@
 """The throughput benchmark's report: every row with TFLOP/s and the fraction of the measured
-matrix peak, as results.json and the Markdown table that goes into BENCHMARKS.md."""
+matrix peak, as results.json and the Markdown table for docs/performance.md."""
 
 from __future__ import annotations
 

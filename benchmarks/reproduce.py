@@ -5,10 +5,10 @@ docs/performance.md, on this machine, and prints each beside the machine it ran 
   the time to the end of its first step, over several seeds (their spread);
 - the paper's test protocols on each of those runs (`python -m vgg_jax.evaluate`, Q = 32);
 - the input pipelines' images/s on 1 and all cores, against torchvision's, on one JPEG size
-  and on ImageNet-like sizes (benchmarks/input_pipeline.py --compare-torch [--size-mix]).
+  and on ImageNet-like sizes (python -m benchmarks.input_pipeline --compare-torch [--size-mix]).
 
-    python benchmarks/reproduce.py                 # 3 seeds: about 10 minutes on 2 CPU cores
-    python benchmarks/reproduce.py --seeds 0 --skip-input
+    python -m benchmarks.reproduce                 # 3 seeds: about 10 minutes on 2 CPU cores
+    python -m benchmarks.reproduce --seeds 0 --skip-input
 
 Runs go one after another, each in a fresh process and work directory, so that their times
 mean something: run nothing else meanwhile.
@@ -26,7 +26,7 @@ import sys
 import tempfile
 from importlib import metadata
 
-from recipe_sweep import prepared_digits, run_once
+from benchmarks.recipe_sweep import prepared_digits, run_once
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROTOCOLS = ("center", "dense", "multi_crop")
@@ -109,7 +109,7 @@ def default_runs(seeds: list[int]) -> None:
 def input_speed() -> None:
     for sizes in ([], ["--size-mix"]):
         flags = " ".join(["--compare-torch", *sizes])
-        print(f"\n## Input pipeline: python benchmarks/input_pipeline.py {flags}\n", flush=True)
+        print(f"\n## Input pipeline: python -m benchmarks.input_pipeline {flags}\n", flush=True)
         output = pathlib.Path(tempfile.mkdtemp()) / "input.json"
         command = [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"),
                    "--compare-torch", *sizes, f"--json={output}"]  # fmt: skip

@@ -1,8 +1,8 @@
 """Training and inference throughput of vgg_jax against torchvision, on one accelerator.
 
-    python benchmarks/throughput.py                    # VGG16 at 224x224, bfloat16
-    python benchmarks/throughput.py --variants reshape_pool --out results/
-    python benchmarks/throughput.py --small            # minutes on a CPU (what CI runs)
+    python -m benchmarks.throughput                    # VGG16 at 224x224, bfloat16
+    python -m benchmarks.throughput --variants reshape_pool --out results/
+    python -m benchmarks.throughput --small            # minutes on a CPU (what CI runs)
 
 One run measures, on the same card: the bf16 matrix-product peak; vgg_jax's train step (the
 pmapped step train.py runs, with its optimiser) and its inference, images/s with the spread
@@ -27,11 +27,12 @@ import sys
 import tempfile
 import time
 
-from jax_speed import jax_section
-from report import markdown, write_results
-from torch_speed import torch_section
+from benchmarks.jax_speed import jax_section
+from benchmarks.report import markdown, write_results
+from benchmarks.torch_speed import torch_section
 
-BENCHMARKS_DIR = pathlib.Path(__file__).resolve().parent
+# The repository root: each section runs as `python -m benchmarks.throughput` from there.
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 FULL = dict(
     image_size=224, width=1.0, fc_features=4096, num_classes=1000, train_batch_sizes="128,256",
     inference_batch_sizes="256,512", steps=20, repeats=5, matmul_size=8192, torch="eager,compile",
@@ -80,8 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--torch takes eager, compile or none; got {sorted(bad_modes)}")
     args.variants = [v for v in args.variants.split(",") if v]
     if args.variants:
-        sys.path.insert(0, str(BENCHMARKS_DIR))
-        from variants import VARIANTS
+        from benchmarks.variants import VARIANTS
 
         unknown = [v for v in args.variants if v not in VARIANTS]
         if unknown:
@@ -105,24 +105,22 @@ def _int_list(text: str, flag: str) -> list[int]:
 def run_section(args, argv: list[str], section: str, variant: str = "") -> dict:
     """Runs one section in a fresh Python process and returns its result."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(BENCHMARKS_DIR.parent), str(BENCHMARKS_DIR), env.get("PYTHONPATH", "")]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     if variant:
-        from variants import VARIANTS
+        from benchmarks.variants import VARIANTS
 
         extra = VARIANTS[variant].xla_flags
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra}".strip()
     with tempfile.TemporaryDirectory() as tmp:
         result_file = pathlib.Path(tmp) / "result.json"
-        command = [sys.executable, str(pathlib.Path(__file__).resolve()), *argv]
+        command = [sys.executable, "-m", "benchmarks.throughput", *argv]
         command += ["--section", section, "--result-file", str(result_file)]
         if variant:
             command += ["--section-variant", variant]
         label = f"{section} {variant}".strip()
         print(f"[{label}]", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        completed = subprocess.run(command, env=env)
+        completed = subprocess.run(command, env=env, cwd=ROOT)
         if completed.returncode != 0 or not result_file.exists():
             return {"failed": f"exit code {completed.returncode}", "rows": []}
         result = json.loads(result_file.read_text())
@@ -133,7 +131,7 @@ def run_section(args, argv: list[str], section: str, variant: str = "") -> dict:
 def collect(args, argv: list[str]) -> dict:
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python benchmarks/throughput.py", *argv]),
+        "command": " ".join(["python -m benchmarks.throughput", *argv]),
         "settings": {
             k: getattr(args, k)
             for k in (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import platform
 import time
 
-from timing import print_progress, result_row, timed_rate
+from benchmarks.timing import print_progress, result_row, timed_rate
 
 
 def torch_section(args) -> dict:

@@ -1,10 +1,10 @@
 """The largest batch per device that a training config fits in a given memory, from XLA's
 memory analysis of the compiled train step (compiled for shapes only, never run).
 
-    python benchmarks/train_memory.py                                  # VGG16, this device
-    python benchmarks/train_memory.py --dtype float16 --memory-gib 15  # a T4's share, say
-    python benchmarks/train_memory.py --remat --grad-accum-steps 4 --memory-gib 22
-    python benchmarks/train_memory.py --batch-sizes 64,256      # just these peaks, no search
+    python -m benchmarks.train_memory                                  # VGG16, this device
+    python -m benchmarks.train_memory --dtype float16 --memory-gib 15  # a T4's share, say
+    python -m benchmarks.train_memory --remat --grad-accum-steps 4 --memory-gib 22
+    python -m benchmarks.train_memory --batch-sizes 64,256      # just these peaks, no search
 
 On a GPU or TPU the limit defaults to what the device gives JAX. On a CPU give --memory-gib:
 the analysis is then XLA:CPU's, whose buffers and fusions differ from a GPU's (no cuDNN

@@ -1,9 +1,9 @@
 """Alternative implementations of VGG's building blocks, for speed experiments.
 
-`benchmarks/throughput.py --variants NAME[,NAME...]` measures the library's own train step
+`python -m benchmarks.throughput --variants NAME[,NAME...]` measures the library's own train step
 once more for each variant, in a fresh process with the variant's replacements patched into
 vgg_jax (and its XLA flags set), so an experiment needs no option in the library itself.
-Whatever wins moves into vgg_jax.model.layers; BENCHMARKS.md records the figures of both.
+Whatever wins moves into vgg_jax.model.layers; docs/performance.md records the figures of both.
 """
 
 from __future__ import annotations

@@ -15,11 +15,7 @@ import pytest
 from flax import linen as nn
 from helpers import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import jax_speed  # noqa: E402
-import throughput  # noqa: E402
-import variants  # noqa: E402
+from benchmarks import jax_speed, throughput, variants
 
 
 def _weighted_grad(function, x, weights):
@@ -82,12 +78,12 @@ def test_bad_arguments_are_refused_with_the_choices():
 def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
     out = tmp_path / "results"
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--small", "--model", "vgg11",
+        sys.executable, "-m", "benchmarks.throughput", "--small", "--model", "vgg11",
         "--width", "0.0625",
         "--train-batch-sizes", "2", "--inference-batch-sizes", "2", "--steps", "1",
         "--repeats", "2", "--variants", "reshape_pool", "--torch", "none", "--out", str(out),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     rows = results["report"]
@@ -113,12 +109,12 @@ def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
 
 def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), "--images", "40",
+        sys.executable, "-m", "benchmarks.input_pipeline", "--images", "40",
         "--size-mix", "--batch-size", "8", "--batches", "2", "--cores", "1",
         "--augmentations", "paper", "--compare-torch", "--dir", str(tmp_path / "jpegs"),
         "--json", str(tmp_path / "rates.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     files = list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))
     sides = [max(PIL.Image.open(f).size) for f in files]
@@ -138,10 +134,10 @@ def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
 )
 def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_path):
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "lpips_speed.py"), "--size", "32",
+        sys.executable, "-m", "benchmarks.lpips_speed", "--size", "32",
         "--batch", "1", "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "lpips.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "lpips.json").read_text())
     assert set(results["pairs_per_second"]) == {
@@ -157,6 +153,8 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     }  # fmt: skip
     assert "vgg_jax / lpips, forward" in completed.stdout and "host cores:" in completed.stdout
     # Where the lpips package is missing (the GPU image), the vgg_jax rows alone.
-    alone = subprocess.run([*command, "--skip-torch"], capture_output=True, text=True, timeout=600)
+    alone = subprocess.run(
+        [*command, "--skip-torch"], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "lpips forward" not in alone.stdout and "vgg_jax forward+backward" in alone.stdout

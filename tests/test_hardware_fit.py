@@ -29,8 +29,6 @@ from vgg_jax.training import memory, steps
 from vgg_jax.training.checkpoints import Checkpoints
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
 
-BENCHMARK = TESTS.parent / "benchmarks" / "train_memory.py"
-
 
 def setup_and_state(**overrides):
     config = small_config(init_scheme="glorot", **overrides)
@@ -319,7 +317,11 @@ def test_largest_batch_benchmark_prints_a_batch_that_fits_and_one_more_that_does
     args = ["--model", "vgg11", "--width", "0.125", "--image-size", "32", "--num-classes", "10",
             "--memory-gib", "0.5", "--dtype", "float32"]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "benchmarks.train_memory", *args],
+        capture_output=True,
+        text=True,
+        cwd=TESTS.parent,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = [row for row in result.stdout.splitlines() if row.startswith("largest batch per")]
