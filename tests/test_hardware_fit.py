@@ -44,19 +44,27 @@ def batch_of(size: int, seed: int = 0) -> dict:
     }
 
 
-def run_steps(setup, state, batches):
-    """The library's pmapped step on one device; the final state and each step's metrics."""
+def each_step(setup, state, batches):
+    """The library's pmapped step on one device, compiled once: the state and the metrics
+    after each batch."""
     p_train_step = jax.pmap(
         lambda s, b: steps.train_step(s, b, setup=setup),
         axis_name=steps.AXIS_NAME,
         devices=jax.devices()[:1],
     )
     replicated = jax.tree.map(lambda x: np.stack([x]), jax.device_get(state))
-    history = []
     for batch in batches:
         replicated, metrics = p_train_step(replicated, batch)
-        history.append(jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(metrics)))
-    return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(replicated)), history
+        unreplicated = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(replicated))
+        yield unreplicated, jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(metrics))
+
+
+def run_steps(setup, state, batches):
+    """each_step to the end: the final state and each step's metrics."""
+    history = []
+    for state, metrics in each_step(setup, state, batches):
+        history.append(metrics)
+    return state, history
 
 
 def test_four_micro_batches_of_16_equal_one_batch_of_64():
@@ -106,8 +114,7 @@ def test_float16_skips_overflowing_steps_and_moves_its_loss_scale_down_and_up(gr
         )
     )
     scales, skipped, params = [float(state.loss_scale.scale)], [], [state.params]
-    for seed in range(30):
-        state, (metrics,) = run_steps(setup, state, [batch_of(16, seed)])
+    for state, metrics in each_step(setup, state, [batch_of(16, seed) for seed in range(30)]):
         scales.append(float(state.loss_scale.scale))
         skipped.append(bool(metrics["skipped"]))
         params.append(state.params)
