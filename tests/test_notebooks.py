@@ -61,7 +61,7 @@ def test_colab_installs_the_release_without_touching_colab_s_jax_and_tensorflow(
     assert install == first  # one install cell, the same in every notebook
 
 
-FIGURES = {"01_architecture": 3, "02_training": 4, "03_pretrained": 5}
+FIGURES = {"01_architecture": 3, "02_training": 4, "03_pretrained": 6}
 
 
 def percent(pattern, text):
@@ -114,6 +114,12 @@ def check_pretrained(text):
     assert all(float(accuracy) > 70 for accuracy in probes.values()), probes
     start, end = percent(r"LPIPS to the target: ([\d.]+) -> ([\d.]+)", text)
     assert end < 0.8 * start  # LPIPS's gradient steps pull the coffee towards the cat
+    both = {name: (float(lpips), float(dists)) for name, lpips, dists in re.findall(
+        r"^(.+?) vs the cat: LPIPS ([\d.]+), DISTS ([\d.]+)$", text, re.MULTILINE)}  # fmt: skip
+    assert set(both) == set(relative), both  # the same five pictures
+    assert both["the cat itself"] == (0.0, 0.0)
+    for change in ("shifted 4 px", "blurred", "noisy", "the coffee"):
+        assert min(both[change]) > 0, both
 
 
 CHECKS = {
