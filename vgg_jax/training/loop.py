@@ -27,9 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from vgg_jax.data import pipeline, sources
+from vgg_jax.files import write_atomically
 from vgg_jax.model.costs import training_flops_per_image
 from vgg_jax.model.dtypes import dtype_choice
-from vgg_jax.model.vgg import model_from_config
+from vgg_jax.parallel import replicate, unreplicate
 from vgg_jax.training import warm_start
 from vgg_jax.training.checkpoints import (
     UNREADABLE_FOLDER,
@@ -38,7 +39,6 @@ from vgg_jax.training.checkpoints import (
     best_rank,
     read_trained_variables,
 )
-from vgg_jax.training.config_checks import ConfigError, check_config, check_for_devices
 from vgg_jax.training.memory import DoesNotFit, check_step_memory
 from vgg_jax.training.reports import (
     TrainingError,
@@ -54,8 +54,15 @@ from vgg_jax.training.reports import (
     run_logging,
     write_summary,
 )
+from vgg_jax.training.sections import (
+    ConfigError,
+    RunSection,
+    TrainingConfig,
+    check_for_devices,
+    read_config,
+)
 from vgg_jax.training.signals import INTERRUPTED_TWICE, InterruptedTwice, stop_requests
-from vgg_jax.training.steps import init_training, pmapped_steps, replicate, unreplicate
+from vgg_jax.training.steps import init_training, pmapped_steps
 from vgg_jax.training.workdir import (
     WorkdirInUse,
     WorkdirUnusable,
@@ -70,22 +77,24 @@ __all__ = ["TrainingError", "WorkdirInUse", "train_and_evaluate", "validate_conf
 ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", "crop_size")
 
 
-def validate_config(config) -> None:
-    """Rejects a config that cannot work, before any data is read or anything compiled: every
-    field (config_checks), then what depends on this run's devices: the batch's split over
-    them and into micro-batches, and the dtype."""
+def validate_config(config) -> TrainingConfig:
+    """The config read into its sections (vgg_jax.training.sections), or a TrainingError before
+    any data is read or anything compiled: for any field that cannot work, then for what
+    depends on this run's devices: the batch's split over them and into micro-batches, and
+    the dtype. A config read before (train.py's) is not checked field by field again."""
     try:
-        check_config(config)
+        config = read_config(config)
     except ConfigError as error:
         raise TrainingError(str(error)) from None
     try:
-        pipeline.local_batch_size(config.batch_size)
+        pipeline.local_batch_size(config.optimizer.batch_size)
     except ValueError as error:
         raise TrainingError(f"config.{error}") from None
     try:
         check_for_devices(config, jax.device_count(), jax.default_backend())
     except ConfigError as error:
         raise TrainingError(str(error)) from None
+    return config
 
 
 @dataclasses.dataclass
@@ -93,7 +102,7 @@ class Run:
     """What one call of train_and_evaluate holds while it runs (host-side bookkeeping; the
     train state itself is the replicated pytree)."""
 
-    config: Any
+    config: TrainingConfig
     workdir: pathlib.Path
     started: float
     is_main: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
@@ -121,10 +130,10 @@ class Run:
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
-    """Trains `config` in `workdir`, resuming from its checkpoints; returns a summary."""
+    """Trains `config` (a ConfigDict, or the sections train.py read) in `workdir`, resuming
+    from its checkpoints; returns a summary."""
     started = time.time()
-    validate_config(config)
-    run = Run(config, pathlib.Path(workdir).absolute(), started)
+    run = Run(validate_config(config), pathlib.Path(workdir).absolute(), started)
     with contextlib.ExitStack() as held:
         hold_workdir(held, run.workdir, run.is_main)
         return train_in_held_workdir(run)
@@ -179,24 +188,26 @@ def train_in_held_workdir(run: Run) -> dict:
 def set_up(run: Run) -> None:
     """Data, model, optimiser and state; resumed from the newest readable checkpoint, or
     started from another run (config.init_from), or fresh."""
-    config = run.config
+    config, data = run.config, run.config.data
     try:
-        run.builder = sources.get_builder(config.dataset, config.data_dir or None)
-        run.info = sources.describe(run.builder, config.train_split, config.eval_split)
-        run.input_shape = pipeline.model_input_shape(config, run.info)
-        run.augmentation = pipeline.augmentation_from_config(config)
-        run.eval_preprocessing = pipeline.eval_preprocessing_from_config(config)
-        run.steps_per_epoch = pipeline.steps_per_epoch(run.info.train_examples, config.batch_size)
+        run.builder = sources.get_builder(data.dataset, data.data_dir or None)
+        run.info = sources.describe(run.builder, data.train_split, data.eval_split)
+        run.input_shape = pipeline.model_input_shape(data, run.info)
+        run.augmentation = pipeline.augmentation_from_config(data)
+        run.eval_preprocessing = pipeline.eval_preprocessing_from_config(data)
+        run.steps_per_epoch = pipeline.steps_per_epoch(
+            run.info.train_examples, config.optimizer.batch_size
+        )
     except ValueError as error:  # the data set, as configured, cannot be read
         raise TrainingError(str(error)) from None
-    run.total_steps = config.num_epochs * run.steps_per_epoch
-    if config.max_steps:
-        run.total_steps = min(run.total_steps, config.max_steps)
+    run.total_steps = config.schedule.num_epochs * run.steps_per_epoch
+    if config.schedule.max_steps:
+        run.total_steps = min(run.total_steps, config.schedule.max_steps)
 
-    model = model_from_config(config, run.info.num_classes)
+    model = config.model.build(run.info.num_classes)
     run.setup, state = init_training(config, model, run.input_shape, run.steps_per_epoch)
     state = jax.device_get(state)
-    run.checkpoints = Checkpoints(run.workdir / "checkpoints", keep=config.keep_checkpoints)
+    run.checkpoints = Checkpoints(run.workdir / "checkpoints", keep=config.run.keep_checkpoints)
     restored = run.checkpoints.restore_latest(
         state, lambda saved: check_same_architecture(run, saved)
     )
@@ -208,27 +219,27 @@ def set_up(run: Run) -> None:
         raise TrainingError(refusal_to_start_over(run.checkpoints))
     elif finished := finished_step(run.workdir):
         raise TrainingError(refusal_to_forget_a_run(run.workdir, finished))
-    elif config.init_from:
-        state = start_from_run(config, state)
+    elif config.run.init_from:
+        state = start_from_run(config.run, state)
     run.step, run.plateau = int(state.step), state.plateau
     if run.is_main:
-        (run.workdir / "config.json").write_text(config.to_json(indent=2))
+        write_atomically(run.workdir / "config.json", config.to_json())
         from flax.metrics import tensorboard  # imports TensorBoard: only where it writes
 
         run.writer = tensorboard.SummaryWriter(str(run.workdir / "tensorboard"))
     logger.info(
         "%s on %s: %d train / %d eval examples, %d classes, %s images; %d steps per "
         "epoch, %d devices.",
-        config.model, run.info.name, run.info.train_examples, run.info.eval_examples,
+        config.model.model, run.info.name, run.info.train_examples, run.info.eval_examples,
         run.info.num_classes, "x".join(map(str, run.input_shape)), run.steps_per_epoch,
         jax.device_count(),
     )  # fmt: skip
-    logger.info("%s", dtype_choice(config.dtype))
+    logger.info("%s", dtype_choice(config.model.dtype))
     run.p_train_step, run.p_eval_step = pmapped_steps(run.setup)
     run.replicated = replicate(state)
     peak = peak_bf16_flops(jax.devices()[0].device_kind)
     run.train_log = TrainLog(
-        run.writer, config.batch_size, run.checkpoints,
+        run.writer, config.optimizer.batch_size, run.checkpoints,
         flops_per_image=training_flops_per_image(model, run.input_shape),
         peak_flops=peak * jax.device_count() if peak else None, started=run.started,
     )  # fmt: skip
@@ -245,7 +256,7 @@ def refusal_to_start_over(checkpoints: Checkpoints) -> str:
 
 
 def check_same_architecture(run: Run, record: dict) -> None:
-    saved, config = record.get("config", {}), run.config
+    saved, config = record.get("config", {}), run.config.fields
     differences = [
         f"{key}: checkpoint {saved.get(key)!r}, this run {config[key]!r}"
         for key in ARCHITECTURE_KEYS
@@ -259,7 +270,7 @@ def check_same_architecture(run: Run, record: dict) -> None:
         )
 
 
-def start_from_run(config, state):
+def start_from_run(config: RunSection, state):
     """`state` with layers of config.init_from's latest checkpoint copied in (warm_start):
     every layer for fine-tuning, or the paper's warm start from net A."""
     try:
@@ -285,17 +296,17 @@ def start_from_run(config, state):
 def train_epoch(run: Run, stop: dict) -> None:
     """Trains from run.step to the end of its epoch (or of the run, or to a stop request),
     saving every checkpoint_every_steps; ends the epoch when it is complete."""
-    config = run.config
+    config, data = run.config, run.config.data
     epoch, skip = divmod(run.step, run.steps_per_epoch)
     epoch_end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)
     batches = pipeline.train_batches(
-        run.builder, config.train_split, config.batch_size, epoch, config.seed,
-        skip_batches=skip, shuffle_buffer_size=config.shuffle_buffer_size,
+        run.builder, data.train_split, config.optimizer.batch_size, epoch, config.run.seed,
+        skip_batches=skip, shuffle_buffer_size=data.shuffle_buffer_size,
         augmentation=run.augmentation, skipped=run.skipped,
     )  # fmt: skip
     run.progress = tqdm(
         total=run.steps_per_epoch, initial=skip, unit="step", disable=not run.is_main,
-        desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True,
+        desc=f"epoch {epoch + 1}/{config.schedule.num_epochs}", dynamic_ncols=True,
     )  # fmt: skip
     device_batches = flax.jax_utils.prefetch_to_device(
         itertools.islice(batches, epoch_end - run.step), 2
@@ -308,18 +319,18 @@ def train_epoch(run: Run, stop: dict) -> None:
         run.step += 1
         run.train_log.add(metrics)
         run.progress.update()
-        if run.step % config.log_every_steps == 0 or run.step == epoch_end:
+        if run.step % config.run.log_every_steps == 0 or run.step == epoch_end:
             log_train_metrics(run)
         if stop["signal"] is not None:
             break
-        if run.step % config.checkpoint_every_steps == 0 and run.step != epoch_end:
+        if run.step % config.run.checkpoint_every_steps == 0 and run.step != epoch_end:
             save(run)
     run.progress.close()
     if run.step < epoch_end and stop["signal"] is None:
         report_skipped(run.skipped, f"epoch {epoch + 1} (training)")
         raise TrainingError(
             f"Epoch {epoch + 1} ended after step {run.step} of {epoch_end}: most of "
-            f"{config.train_split!r} could not be read (see the skipped files above)."
+            f"{data.train_split!r} could not be read (see the skipped files above)."
         )
     if run.step % run.steps_per_epoch == 0 and stop["signal"] is None:
         end_epoch(run, epoch)
@@ -345,9 +356,8 @@ def compile_train_step(run: Run, batch: dict) -> None:
 
 def end_epoch(run: Run, epoch: int) -> None:
     """Evaluate, step the plateau rule, keep the best, report, save."""
-    config = run.config
     report_skipped(run.skipped, f"epoch {epoch + 1} (training)")
-    metrics = evaluate_split(run, config.eval_split)
+    metrics = evaluate_split(run, run.config.data.eval_split)
     report_skipped(run.skipped, f"epoch {epoch + 1} (evaluation)")
     # The paper's schedule: one plateau step per evaluation, fed the top-1 error.
     plateau = run.setup.learning_rate.after_evaluation(run.plateau, 1.0 - metrics["top1_accuracy"])
@@ -368,7 +378,7 @@ def evaluate_split(run: Run, split: str) -> dict[str, float]:
     """Loss and top-1/top-5 accuracy over every readable example of `split`."""
     totals = None
     batches = pipeline.eval_batches(
-        run.builder, split, run.config.batch_size, run.eval_preprocessing,
+        run.builder, split, run.config.optimizer.batch_size, run.eval_preprocessing,
         skipped=run.skipped, image_shape=run.input_shape,
     )  # fmt: skip
     for batch in batches:
@@ -401,7 +411,7 @@ def save(run: Run, metrics: dict | None = None) -> None:
     # Named in the log before the checkpoint counts them as reported (a resume will not).
     report_skipped(run.skipped, f"training up to step {run.step}")
     run.record.update(
-        config=run.config.to_dict(), step=run.step, metrics=metrics,
+        config=run.config.as_dict(), step=run.step, metrics=metrics,
         skipped_images=run.skipped.reported(),
     )  # fmt: skip
     run.checkpoints.save(run.step, host_state, run.record, metrics)
