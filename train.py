@@ -40,11 +40,11 @@ def exit_on_unknown_config_field(parse, *args):
         while error.args and isinstance(error.args[0], Exception):
             error = error.args[0]  # the KeyError inside, with ml_collections' suggestion
         detail = str(error.args[0] if error.args else error).replace("\n", ". ")
-        if any(override == "--config.batch_norm" for override in overrides):
-            detail += (
-                ". batch_norm is no longer a field: batch norm is chosen by the model name "
-                "alone, e.g. --config.model=vgg16_bn"
-            )
+        from vgg_jax.training.sections import RETIRED_FIELDS
+
+        for field, message in RETIRED_FIELDS.items():
+            if f"--config.{field}" in overrides:
+                detail += f". {message}"
         sys.exit(
             f"error: unknown configuration field in {', '.join(overrides)}: {detail} (the fields "
             f"and their meaning: vgg_jax/configs/default.py)"
@@ -116,8 +116,9 @@ def main(argv: list[str]) -> None:
 
 
 def checked_config_or_exit(workdir: str):
-    """The configuration, every field checked (vgg_jax.training.config_checks), and a workdir
-    that can be one; otherwise a one-line error, with nothing imported or written yet."""
+    """The configuration read into its sections, every field checked (vgg_jax.training.
+    sections), and a workdir that can be one; otherwise a one-line error, with nothing
+    imported or written yet."""
     try:
         config = FLAGS.config
         "model" in config  # noqa: B015 (ml_collections defers a file's load error to a read)
@@ -126,10 +127,10 @@ def checked_config_or_exit(workdir: str):
         path = files[-1].split(":")[0] if files else str(DEFAULT_CONFIG)
         why = "no such file" if not os.path.isfile(path) else "it failed to load (see above)"
         sys.exit(f"error: cannot read the configuration file {path}: {why}.")
-    from vgg_jax.training.config_checks import ConfigError, check_config
+    from vgg_jax.training.sections import ConfigError, read_config
 
     try:
-        check_config(config)
+        config = read_config(config)
     except ConfigError as error:
         sys.exit(f"error: {error}")
     from vgg_jax.training.workdir import WorkdirUnusable, check_workdir_path, in_use_message

@@ -65,9 +65,9 @@ def benchmark_config(args, batch_size: int = 256):
 
 
 def build_model(args):
-    from vgg_jax.model.vgg import model_from_config
+    from vgg_jax.training.sections import read_config
 
-    return model_from_config(benchmark_config(args), args.num_classes)
+    return read_config(benchmark_config(args)).model.build(args.num_classes)
 
 
 def _train_setup(args, model, batch_size: int):
@@ -77,11 +77,12 @@ def _train_setup(args, model, batch_size: int):
     import jax
     import numpy as np
 
+    from vgg_jax.training.sections import read_config
     from vgg_jax.training.steps import init_training, pmapped_steps, replicate
 
     shape = (args.image_size, args.image_size, 3)
     setup, state = init_training(
-        benchmark_config(args, batch_size), model, shape, steps_per_epoch=1000
+        read_config(benchmark_config(args, batch_size)), model, shape, steps_per_epoch=1000
     )
     devices = jax.local_devices()[:1]
     replicated = replicate(state, devices)

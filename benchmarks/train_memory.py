@@ -30,6 +30,7 @@ from vgg_jax.training.memory import (
     largest_batch_per_device,
     peak_bytes,
 )
+from vgg_jax.training.sections import read_config
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     limit = args.memory_gib * GIB if args.memory_gib else device_memory()
     if limit is None and not args.batch_sizes:
         parser.error(f"the {jax.devices()[0].platform} device reports no memory: give --memory-gib")
-    setup, state = abstract_training(config, args.num_classes, image_size)
+    setup, state = abstract_training(read_config(config), args.num_classes, image_size)
     limit_text = "" if limit is None else f"; limit {limit / GIB:.2f} GiB per device"
     print(
         f"{config.model} (width {config.width}), {setup.model.dtype.__name__}, remat "

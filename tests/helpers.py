@@ -14,8 +14,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from vgg_jax.configs import get_config
-from vgg_jax.model.vgg import model_from_config
 from vgg_jax.training.checkpoints import Checkpoints
+from vgg_jax.training.sections import read_config
 from vgg_jax.training.steps import init_training
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -137,8 +137,8 @@ def small_training_setup(batch_norm: bool, **overrides):
     """(setup, state) of a small VGG-A (with batch norm: vgg11_bn) on 10 classes."""
     config = small_config(model="vgg11_bn" if batch_norm else "vgg11", init_scheme="glorot",
                           **overrides)  # fmt: skip
-    model = model_from_config(config, num_classes=10)
-    return init_training(config, model, IMAGE_SHAPE, steps_per_epoch=10)
+    model = read_config(config).model.build(10)
+    return init_training(read_config(config), model, IMAGE_SHAPE, steps_per_epoch=10)
 
 
 def global_batches(steps: int = 3, batch_size: int = 8):

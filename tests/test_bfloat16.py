@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import IMAGE_SHAPE, global_batches, relative_error, small_config
 
-from vgg_jax.model.vgg import model_from_config
+from vgg_jax.training.sections import read_config
 from vgg_jax.training.steps import init_training, pmapped_steps, replicate, unreplicate
 
 DEVICES = 2
@@ -30,7 +30,8 @@ def one_step(model_name: str, dtype: str):
     small net on 2 devices."""
     config = small_config(model=model_name, init_scheme="glorot", dtype=dtype, width=1 / 8,
                           fc_features=32)  # fmt: skip
-    setup, state = init_training(config, model_from_config(config, 10), IMAGE_SHAPE, 10)
+    sections = read_config(config)
+    setup, state = init_training(sections, sections.model.build(10), IMAGE_SHAPE, 10)
     start = jax.device_get(state)
     p_train_step, p_eval_step = pmapped_steps(setup)
     images, labels = next(global_batches(batch_size=8))

@@ -8,13 +8,13 @@ from tfds_mocks import mocked_tfds
 from vgg_jax.configs import get_config
 from vgg_jax.data import pipeline, sources
 from vgg_jax.model.costs import count_params
-from vgg_jax.model.vgg import model_from_config
 from vgg_jax.training.checkpoints import upgraded_record
 from vgg_jax.training.loop import TrainingError, train_and_evaluate, validate_config
+from vgg_jax.training.sections import read_config
 
 
 def abstract_params(config, num_classes, input_shape):
-    model = model_from_config(config, num_classes)
+    model = read_config(config).model.build(num_classes)
     images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     return model, jax.eval_shape(model.init, jax.random.key(0), images)
 
@@ -25,10 +25,10 @@ def test_paper_imagenet_config_is_vgg16_with_the_papers_recipe():
     model, variables = abstract_params(config, 1000, (224, 224, 3))
     assert count_params(variables["params"]) == 138_357_544  # PAPER.md, configuration D
     assert (config.batch_size, config.learning_rate, config.lr_schedule) == (256, 0.01, "paper")
-    augmentation = pipeline.augmentation_from_config(config)
+    augmentation = pipeline.augmentation_from_config(read_config(config).data)
     assert augmentation.scale == (256, 512) and augmentation.crop == 224
     assert augmentation.flip and augmentation.pca_sigma == 0.1
-    assert pipeline.eval_preprocessing_from_config(config).scale == 384
+    assert pipeline.eval_preprocessing_from_config(read_config(config).data).scale == 384
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_fixed_scale_configs_build_each_configuration(model, expected_params):
     validate_config(config)
     _, variables = abstract_params(config, 1000, (224, 224, 3))
     assert count_params(variables["params"]) == expected_params  # PAPER.md's counts
-    assert pipeline.augmentation_from_config(config).scale == (256, 256)
+    assert pipeline.augmentation_from_config(read_config(config).data).scale == (256, 256)
     assert config.eval_scale == 256 and config.init_scheme == "paper"
     # The paper's warm start: B-E begin from the net A that the `:vgg11` config trains.
     if model == "vgg11":
@@ -82,8 +82,8 @@ def test_imagenette_recipe_reads_imagenette_through_tfds(tmp_path):
         builder = sources.get_builder(config.dataset, str(tmp_path))
         info = sources.describe(builder, config.train_split, config.eval_split)
         assert info.num_classes == 10 and info.image_shape == (None, None, 3)
-        assert pipeline.model_input_shape(config, info) == (224, 224, 3)
-        augmentation = pipeline.augmentation_from_config(config)
+        assert pipeline.model_input_shape(read_config(config).data, info) == (224, 224, 3)
+        augmentation = pipeline.augmentation_from_config(read_config(config).data)
         batch = next(
             pipeline.train_batches(builder, "train", 8, 0, 0, augmentation=augmentation)
         )
@@ -97,7 +97,7 @@ def test_batch_norm_is_chosen_by_the_model_name_alone(name):
     for model, expected in [("vgg16_bn", ("D", True)), ("vgg16", ("D", False)),
                             ("vgg16_1x1_bn", ("C", True)), ("A-LRN_bn", ("A-LRN", True))]:
         config.model = model
-        built = model_from_config(config, 10)
+        built = read_config(config).model.build(10)
         assert (built.config, built.batch_norm) == expected
     config.batch_norm = True  # a config written before the field went: one clear error
     with pytest.raises(TrainingError, match="batch norm is chosen by the model name"):
@@ -153,7 +153,7 @@ def test_the_config_check_starts_no_jax_backend():
 
     code = (
         "from jax._src import xla_bridge; from vgg_jax.configs import get_config; "
-        "from vgg_jax.training.config_checks import check_config; check_config(get_config()); "
+        "from vgg_jax.training.sections import read_config; read_config(get_config()); "
         "print(xla_bridge.backends_are_initialized())"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

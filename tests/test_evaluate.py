@@ -15,11 +15,12 @@ from vgg_jax import evaluate, predict
 from vgg_jax.data import sources
 from vgg_jax.evaluation import inference
 from vgg_jax.evaluation.protocols import PROTOCOLS
-from vgg_jax.model.vgg import create_model, model_from_config
+from vgg_jax.model.vgg import create_model
 from vgg_jax.training import warm_start
 from vgg_jax.training.checkpoints import read_trained_variables
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
 from vgg_jax.training.metrics import top_k_errors
+from vgg_jax.training.sections import read_config
 from vgg_jax.training.steps import init_training
 
 
@@ -215,7 +216,8 @@ def test_warm_start_copies_the_papers_layers_and_leaves_the_rest_fresh(trained, 
     train_and_evaluate(config, tmp_path)
     result, _, step = read_trained_variables(tmp_path)
     assert step == 1
-    _, state = init_training(config, model_from_config(config, 10), (32, 32, 3), 44)
+    sections = read_config(config)
+    _, state = init_training(sections, sections.model.build(10), (32, 32, 3), 44)
     fresh = state.params
     copied = warm_start.warm_start_layers("A")
     assert copied == ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")

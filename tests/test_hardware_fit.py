@@ -24,16 +24,16 @@ from optax import microbatching
 
 from vgg_jax.configs import imagenet_vgg16
 from vgg_jax.model.dtypes import auto_dtype
-from vgg_jax.model.vgg import model_from_config
 from vgg_jax.training import memory, steps
 from vgg_jax.training.checkpoints import Checkpoints
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
+from vgg_jax.training.sections import read_config
 
 
 def setup_and_state(**overrides):
     config = small_config(init_scheme="glorot", **overrides)
-    model = model_from_config(config, num_classes=10)
-    return steps.init_training(config, model, IMAGE_SHAPE, steps_per_epoch=10)
+    model = read_config(config).model.build(10)
+    return steps.init_training(read_config(config), model, IMAGE_SHAPE, steps_per_epoch=10)
 
 
 def batch_of(size: int, seed: int = 0) -> dict:
@@ -336,7 +336,7 @@ def test_largest_batch_benchmark_prints_a_batch_that_fits_and_one_more_that_does
     largest = int(line[0].split(":")[1].split()[0])
     config = imagenet_vgg16.get_config()
     config.update(model="vgg11", width=0.125, dtype="float32")
-    setup, state = memory.abstract_training(config, num_classes=10, image_size=32)
+    setup, state = memory.abstract_training(read_config(config), num_classes=10, image_size=32)
 
     def peak(size):
         return memory.step_peak(setup, state, memory.batch_spec(size, image_size=32))
@@ -346,7 +346,7 @@ def test_largest_batch_benchmark_prints_a_batch_that_fits_and_one_more_that_does
 
 def test_largest_batch_is_a_multiple_of_the_micro_batches():
     setup, state = memory.abstract_training(
-        small_config(grad_accum_steps=3, batch_size=12), num_classes=10, image_size=32
+        read_config(small_config(grad_accum_steps=3, batch_size=12)), num_classes=10, image_size=32
     )
     limit = memory.step_peak(setup, state, memory.batch_spec(21, image_size=32))
     largest = memory.largest_batch_per_device(setup, state, 32, limit)
@@ -360,7 +360,7 @@ def test_the_one_gpu_notes_of_the_imagenet_recipe_fit_and_are_needed(card):
     dtype, gib, grad_accum_steps = imagenet_vgg16.ONE_GPU[card]
     config = imagenet_vgg16.get_config()
     config.update(dtype=dtype, grad_accum_steps=grad_accum_steps)
-    setup, state = memory.abstract_training(config, num_classes=1000, image_size=224)
+    setup, state = memory.abstract_training(read_config(config), num_classes=1000, image_size=224)
 
     def peak(micro_batches):
         trial = memory.with_settings(setup, micro_batches, False)

@@ -12,6 +12,7 @@ from vgg_jax.data import pipeline, sources
 from vgg_jax.data.preprocessing import EvalPreprocessing, TrainAugmentation
 from vgg_jax.data.sources import DatasetUnavailable
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
+from vgg_jax.training.sections import read_config
 
 # Each class is one colour, so a decoded image shows which folder it came from.
 CLASS_COLOURS = {"cat": (220, 30, 30), "dog": (30, 220, 30), "fox": (30, 30, 220)}
@@ -207,5 +208,6 @@ def test_a_mostly_unreadable_folder_stops_with_a_clear_error(tmp_path):
 
 def test_model_input_is_rgb_whatever_the_stored_channels():
     gray = sources.DatasetInfo("mnist", 10, (28, 28, 1), 60_000, 10_000)
-    assert pipeline.model_input_shape(small_config(crop_size=0), gray) == (28, 28, 3)
-    assert pipeline.model_input_shape(small_config(crop_size=24), gray) == (24, 24, 3)
+    for crop_size, expected in ((0, (28, 28, 3)), (24, (24, 24, 3))):
+        data = read_config(small_config(crop_size=crop_size)).data
+        assert pipeline.model_input_shape(data, gray) == expected

@@ -23,6 +23,7 @@ from helpers import (
 from vgg_jax.model.dtypes import compute_dtype
 from vgg_jax.training import optim, steps
 from vgg_jax.training.checkpoints import Checkpoints
+from vgg_jax.training.sections import read_config
 
 
 @functools.cache
@@ -85,7 +86,7 @@ def test_dropout_masks_differ_between_devices_and_steps():
 def test_two_processes_equal_one_process_with_four_devices(tmp_path):
     """Two processes x 2 CPU devices (gloo on 127.0.0.1) train like one with 4 devices."""
     port, out = str(free_port()), tmp_path / "params.npz"
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{TESTS}"}  # this checkout
     workers = [
         subprocess.Popen(
             [sys.executable, str(TESTS / "distributed_worker.py"), str(i), port, str(out)],
@@ -122,7 +123,10 @@ def test_weight_decay_touches_kernels_only():
         "conv1_1_bn": {"scale": jnp.full((4,), 2.0), "bias": jnp.full((4,), 2.0)},
         "fc8": {"kernel": jnp.full((16, 10), 2.0), "bias": jnp.full((10,), 2.0)},
     }
-    tx = optim.make_optimizer(config, optim.LearningRate.from_config(config, steps_per_epoch=10))
+    sections = read_config(config)
+    tx = optim.make_optimizer(
+        sections.optimizer, optim.LearningRate.from_config(sections, steps_per_epoch=10)
+    )
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     for layer, leaves in updates.items():
@@ -135,21 +139,21 @@ def test_learning_rate_is_scaled_by_batch_over_256_and_scheduled():
     assert optim.scaled_learning_rate(0.01, 512) == pytest.approx(0.02)
     config = small_config(learning_rate=0.1, batch_size=128, lr_schedule="step",
                           lr_step_epochs=(2, 3), lr_step_factor=0.1)  # fmt: skip
-    step = optim.learning_rate_schedule(config, steps_per_epoch=10)
+    step = optim.learning_rate_schedule(read_config(config), steps_per_epoch=10)
     assert [float(step(s)) for s in (0, 19, 20, 30)] == pytest.approx([0.05, 0.05, 0.005, 0.0005])
     config.update(lr_schedule="cosine", warmup_epochs=1, num_epochs=4)
-    cosine = optim.learning_rate_schedule(config, steps_per_epoch=10)
+    cosine = optim.learning_rate_schedule(read_config(config), steps_per_epoch=10)
     assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(0.05)
     assert float(cosine(40)) == pytest.approx(0.0, abs=1e-9)
     config.update(lr_schedule="paper")
-    assert float(optim.learning_rate_schedule(config, 10)(1000)) == pytest.approx(0.05)
+    assert float(optim.learning_rate_schedule(read_config(config), 10)(1000)) == pytest.approx(0.05)
 
 
 def test_paper_schedule_divides_by_10_on_plateau_three_times_and_survives_restart(tmp_path):
     config = small_config(lr_schedule="paper", lr_plateau_patience=2)
     errors = [0.5, 0.4, 0.3] + [0.3] * 20  # improves, then stalls for good
 
-    learning_rate = optim.LearningRate.from_config(config, steps_per_epoch=10)
+    learning_rate = optim.LearningRate.from_config(read_config(config), steps_per_epoch=10)
 
     def run(plateau, values):
         scales = []

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import pathlib
 import sys
-import tempfile
 from typing import Sequence
 
 from vgg_jax.environment import MissingTrainingLibraries, require_training_libraries
 from vgg_jax.evaluation.protocol_names import PROTOCOLS, check_protocols
+from vgg_jax.files import write_atomically
 from vgg_jax.training.workdir import checkpoint_argument
 
 __all__ = ["evaluate", "format_table", "main"]  # noqa: F822 (two load on first use)
@@ -35,15 +34,6 @@ def __getattr__(name: str):
 
         return getattr(evaluation, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def write_atomically(path: pathlib.Path, text: str) -> None:
-    """`text` into `path`, which then holds either its old content or all of the new."""
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as file:
-        file.write(text)
-    os.replace(file.name, path)
 
 
 def _integers(text: str) -> list[int]:

@@ -4,8 +4,17 @@ from ml_collections import ConfigDict
 
 
 def get_config() -> ConfigDict:
+    """Every field of a training config, with its default, grouped as the sections they are
+    read into (vgg_jax.training.sections); each group's comments say what its fields mean."""
     config = ConfigDict()
+    _model(config)
+    _data(config)
+    _optimisation(config)
+    _bookkeeping(config)
+    return config
 
+
+def _model(config: ConfigDict) -> None:
     # Model: any name or paper letter of vgg_jax.create_model; "_bn" at the end adds batch
     # norm after every conv ("vgg16_bn", "vgg11_bn", "A-LRN_bn").
     # Configuration A with batch norm, and (below) a rate of 0.1 warmed up over 2 epochs: the
@@ -28,6 +37,8 @@ def get_config() -> ConfigDict:
     # for VGG16 (vgg_jax.model.vgg.REMAT_POLICY).
     config.remat = False
 
+
+def _data(config: ConfigDict) -> None:
     # Data: a TFDS name, or "digits" (built locally from scikit-learn, no download).
     config.dataset = "digits"
     config.data_dir = ""  # TFDS's default (~/tensorflow_datasets) when empty
@@ -43,6 +54,8 @@ def get_config() -> ConfigDict:
     config.inception_crop = False
     config.eval_scale = 0  # Q: smaller side before the centre crop; 0 keeps it
 
+
+def _optimisation(config: ConfigDict) -> None:
     # Optimisation (Section 3.1): SGD, momentum 0.9, L2 5e-4 on kernels.
     config.batch_size = 64  # global, over all devices and hosts
     # Split each device's share of the batch into this many micro-batches, run one after
@@ -62,6 +75,8 @@ def get_config() -> ConfigDict:
     config.weight_decay = 5e-4
     config.grad_clip_norm = 0.0  # 0: no clipping
 
+
+def _bookkeeping(config: ConfigDict) -> None:
     # Starting point (Section 3.1), used when the workdir has no checkpoint yet: the latest
     # checkpoint of another train.py run. init_layers "all" copies every layer (fine-tuning, as
     # the paper's S=384 and scale-jittered nets); "warm_start" copies the first four convs and
@@ -75,4 +90,3 @@ def get_config() -> ConfigDict:
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200  # and at the end of every epoch
     config.keep_checkpoints = 3  # the latest ones; the best by validation top-1 is kept too
-    return config

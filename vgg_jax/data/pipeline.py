@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 
 from vgg_jax.data.preprocessing import EvalPreprocessing, TrainAugmentation, is_well_formed
 from vgg_jax.data.sources import DatasetInfo, split_examples
+from vgg_jax.parallel import split_over_devices
 
 NO_AUGMENTATION = TrainAugmentation()
 AS_STORED = EvalPreprocessing()
@@ -166,36 +167,34 @@ class DecodeFailures:
             self.names.remove(tf.constant(numbers[failed], tf.int64))
 
 
-def augmentation_from_config(config) -> TrainAugmentation:
+# `data` below is a training config's data section (vgg_jax.training.sections.DataSection).
+
+
+def augmentation_from_config(data) -> TrainAugmentation:
     return TrainAugmentation(
-        scale=tuple(config.train_scale) if config.train_scale else None,
-        crop=config.crop_size or None,
-        flip=config.random_flip,
-        pca_sigma=config.pca_lighting,
-        inception_crop=config.inception_crop,
+        scale=tuple(data.train_scale) if data.train_scale else None,
+        crop=data.crop_size or None,
+        flip=data.random_flip,
+        pca_sigma=data.pca_lighting,
+        inception_crop=data.inception_crop,
     )
 
 
-def eval_preprocessing_from_config(config) -> EvalPreprocessing:
-    return EvalPreprocessing(scale=config.eval_scale or None, crop=config.crop_size or None)
+def eval_preprocessing_from_config(data) -> EvalPreprocessing:
+    return EvalPreprocessing(scale=data.eval_scale or None, crop=data.crop_size or None)
 
 
-def model_input_shape(config, info: DatasetInfo) -> tuple[int, int, int]:
+def model_input_shape(data, info: DatasetInfo) -> tuple[int, int, int]:
     """(H, W, 3) of the images the model sees after preprocessing (always RGB: grayscale
     and RGBA images are converted)."""
-    if config.crop_size:
-        return (config.crop_size, config.crop_size, 3)
+    if data.crop_size:
+        return (data.crop_size, data.crop_size, 3)
     if None in info.image_shape[:2]:
         raise ValueError(
             f"Images of {info.name!r} vary in size: set config.crop_size (e.g. 224) so batches "
             f"have one shape."
         )
     return (*info.image_shape[:2], 3)
-
-
-def _to_devices(batch: dict) -> dict:
-    devices = jax.local_device_count()
-    return {key: value.reshape(devices, -1, *value.shape[1:]) for key, value in batch.items()}
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -258,7 +257,7 @@ def train_batches(
     num_batches = steps_per_epoch(split_examples(builder, split), global_batch_size)
     ds = ds.take(num_batches - skip_batches).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):
-        yield _to_devices(failures.strip_numbers(batch, in_order=True))
+        yield split_over_devices(failures.strip_numbers(batch, in_order=True))
 
 
 def eval_batches(
@@ -301,7 +300,7 @@ def eval_batches(
                 )
             batch = {"image": np.zeros((0, *shape), np.uint8), "label": np.zeros(0, np.int32)}
         shape = batch["image"].shape[1:]
-        yield _to_devices(pad_batch(batch, batch_size))
+        yield split_over_devices(pad_batch(batch, batch_size))
     for _ in batches:  # (none by the count above) the iterator run to its end, so that every
         pass  # example has come out or failed before finish() reads what is left in the table
     failures.finish()

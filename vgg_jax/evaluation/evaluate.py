@@ -13,7 +13,6 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from vgg_jax.data.evaluation_data import rescaled_batches
@@ -21,6 +20,7 @@ from vgg_jax.data.pipeline import SkippedImages
 from vgg_jax.data.sources import split_examples
 from vgg_jax.evaluation.inference import Classifier
 from vgg_jax.evaluation.protocols import check_protocols, crop_size, posterior_function
+from vgg_jax.parallel import local_mesh, put_batch, put_replicated
 from vgg_jax.training.metrics import top_k_errors
 
 
@@ -56,41 +56,22 @@ def evaluate(
     num_classes = {c.model.num_classes for c in classifiers}
     if len(num_classes) > 1:
         raise ValueError(f"An ensemble's models must share their classes; got {num_classes}.")
-    total = split_examples(builder, split)
-    shape = (total, num_classes.pop())
-    labels, seen = np.zeros(total, np.int64), np.zeros(total, bool)
-    skipped = SkippedImages()
-    mesh = Mesh(np.array(jax.local_devices()), ("batch",))
-    by_example = NamedSharding(mesh, PartitionSpec("batch"))
-    rows, kept, ensemble = [], {}, {p: np.zeros(shape, np.float32) for p in protocols}
+    run = _Evaluation(builder, split, protocols, batch_size, progress, num_classes.pop())
+    rows, kept, ensemble = [], {}, {p: run.zeros() for p in protocols}
 
     def add_row(model: str, protocol: str, scales, posteriors: np.ndarray) -> None:
-        errors = top_k_errors(posteriors[seen], labels[seen])
+        errors = top_k_errors(posteriors[run.seen], run.labels[run.seen])
         rows.append({"model": model, "protocol": protocol, "scales": list(scales),
                      "top1_error": errors[1], "top5_error": errors[5]})  # fmt: skip
         if keep_posteriors:
-            kept[model, protocol, tuple(scales)] = posteriors[seen]
+            kept[model, protocol, tuple(scales)] = posteriors[run.seen]
 
     for classifier in classifiers:
         crop = crop_size(classifier.model, classifier.variables)
         scales = check_scales(scales, crop, classifier.name)
-        posteriors_of = posterior_function(classifier.model, classifier.preprocess, protocols, crop)
-        variables = jax.device_put(classifier.variables, NamedSharding(mesh, PartitionSpec()))
-        over_scales = {p: np.zeros(shape, np.float32) for p in protocols}
+        over_scales = {p: run.zeros() for p in protocols}
         for scale in scales:
-            at_scale = {p: np.zeros(shape, np.float32) for p in protocols}
-            batches = rescaled_batches(builder, split, scale, batch_size, skipped)
-            for batch in tqdm(batches, desc=f"{classifier.name} Q={scale}", unit="batch",
-                              disable=not progress, dynamic_ncols=True):  # fmt: skip
-                images = jax.device_put(batch["image"], by_example)
-                out = jax.device_get(posteriors_of(variables, images))
-                real = batch["mask"] > 0
-                index = batch["index"][real]
-                labels[index], seen[index] = batch["label"][real], True
-                for protocol in protocols:
-                    at_scale[protocol][index] = out[protocol][real]
-            if not seen.any():
-                raise ValueError(f"No readable example in split {split!r} of {builder.name!r}.")
+            at_scale = run.posteriors(classifier, crop, scale)
             for protocol in protocols:
                 add_row(classifier.name, protocol, [scale], at_scale[protocol])
                 over_scales[protocol] += at_scale[protocol] / len(scales)
@@ -101,25 +82,68 @@ def evaluate(
     if len(classifiers) > 1:
         for protocol in protocols:
             add_row(f"ensemble of {len(classifiers)}", protocol, scales, ensemble[protocol])
-    skipped_names = skipped.take()
-    if skipped_names:
-        logging.getLogger("vgg_jax").warning(
-            "Skipped %d images of %s that are not whole JPEG/PNG files or do not decode: %s",
-            len(skipped_names), split, ", ".join(skipped_names),
-        )  # fmt: skip
-    report = {
-        "dataset": builder.name,
-        "split": split,
-        "examples": int(seen.sum()),
-        "skipped_images": skipped_names,
-        "models": [c.name for c in classifiers],
-        "protocols": list(protocols),
-        "scales": list(scales),
-        "results": rows,
-    }
+    report = run.report(classifiers, scales, rows)
     if keep_posteriors:
-        report.update(posteriors=kept, labels=labels[seen])
+        report.update(posteriors=kept, labels=run.labels[run.seen])
     return report
+
+
+class _Evaluation:
+    """One evaluation's split, its labels as read, and the devices: the batch is split over
+    them (vgg_jax.parallel), the variables copied onto each."""
+
+    def __init__(self, builder, split, protocols, batch_size, progress, num_classes):
+        self.builder, self.split, self.protocols = builder, split, protocols
+        self.batch_size, self.progress = batch_size, progress
+        total = split_examples(builder, split)
+        self.shape = (total, num_classes)
+        self.labels, self.seen = np.zeros(total, np.int64), np.zeros(total, bool)
+        self.skipped = SkippedImages()
+        self.mesh = local_mesh()
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.shape, np.float32)
+
+    def posteriors(self, classifier: Classifier, crop: int, scale: int) -> dict:
+        """{protocol: (examples, classes)} of `classifier` on the split rescaled to `scale`."""
+        posteriors_of = posterior_function(
+            classifier.model, classifier.preprocess, self.protocols, crop
+        )
+        variables = put_replicated(classifier.variables, self.mesh)
+        at_scale = {p: self.zeros() for p in self.protocols}
+        batches = rescaled_batches(self.builder, self.split, scale, self.batch_size, self.skipped)
+        for batch in tqdm(batches, desc=f"{classifier.name} Q={scale}", unit="batch",
+                          disable=not self.progress, dynamic_ncols=True):  # fmt: skip
+            images = put_batch(batch["image"], self.mesh)
+            out = jax.device_get(posteriors_of(variables, images))
+            real = batch["mask"] > 0
+            index = batch["index"][real]
+            self.labels[index], self.seen[index] = batch["label"][real], True
+            for protocol in self.protocols:
+                at_scale[protocol][index] = out[protocol][real]
+        if not self.seen.any():
+            raise ValueError(
+                f"No readable example in split {self.split!r} of {self.builder.name!r}."
+            )
+        return at_scale
+
+    def report(self, classifiers, scales, rows) -> dict:
+        skipped_names = self.skipped.take()
+        if skipped_names:
+            logging.getLogger("vgg_jax").warning(
+                "Skipped %d images of %s that are not whole JPEG/PNG files or do not decode: %s",
+                len(skipped_names), self.split, ", ".join(skipped_names),
+            )  # fmt: skip
+        return {
+            "dataset": self.builder.name,
+            "split": self.split,
+            "examples": int(self.seen.sum()),
+            "skipped_images": skipped_names,
+            "models": [c.name for c in classifiers],
+            "protocols": list(self.protocols),
+            "scales": list(scales),
+            "results": rows,
+        }
 
 
 def format_table(report: dict) -> str:

@@ -20,14 +20,14 @@ require_training_libraries()  # a base install has no ml_collections: name the e
 
 import jax
 import jax.numpy as jnp
-from ml_collections import ConfigDict
 
 from vgg_jax.data.normalization import IMAGENET_NORMALIZATION
 from vgg_jax.data.sources import class_names
 from vgg_jax.model.architectures import resolve_model_name
 from vgg_jax.model.dtypes import compute_dtype
-from vgg_jax.model.vgg import VGG, create_model, model_from_config
+from vgg_jax.model.vgg import VGG, create_model
 from vgg_jax.training.checkpoints import read_trained_variables
+from vgg_jax.training.sections import read_saved_config
 from vgg_jax.weights import pretrained
 
 
@@ -67,9 +67,9 @@ def from_checkpoint(
     """The network of a train.py run with the variables of one of its checkpoints ("latest",
     "best" or a step). `model`, if given, must name the network the run trained."""
     variables, saved, step = read_trained_variables(workdir, checkpoint)
-    config = ConfigDict(saved)
+    config = read_saved_config(saved)
     num_classes = int(variables["params"]["fc8"]["kernel"].shape[-1])
-    network = model_from_config(config, num_classes)
+    network = config.model.build(num_classes)
     check_expected_model(network, model, f"The checkpoint in {workdir}")
     pretrained.check_shapes(variables, network)
     return Classifier(
@@ -77,11 +77,11 @@ def from_checkpoint(
         model=network,
         variables=jax.tree.map(jnp.asarray, variables),
         preprocess=IMAGENET_NORMALIZATION,
-        class_names=class_names(config.dataset, config.data_dir, num_classes),
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        eval_split=config.eval_split,
-        eval_scale=config.eval_scale or config.crop_size or 0,
+        class_names=class_names(config.data.dataset, config.data.data_dir, num_classes),
+        dataset=config.data.dataset,
+        data_dir=config.data.data_dir,
+        eval_split=config.data.eval_split,
+        eval_scale=config.data.test_scale,
     )
 
 

@@ -18,7 +18,6 @@ from vgg_jax.model.architectures import (
     resolve_config,
     resolve_model_name,
 )
-from vgg_jax.model.dtypes import compute_dtype
 from vgg_jax.model.initializers import InitScheme, init_scheme
 from vgg_jax.model.layers import (
     POOLINGS,
@@ -30,6 +29,7 @@ from vgg_jax.model.layers import (
     max_pool_2x2,
     relu,
 )
+from vgg_jax.model.rules import MODEL_RULES, first_problem, one_of
 
 
 class VGG(nn.Module):
@@ -83,16 +83,13 @@ class VGG(nn.Module):
 
     def __post_init__(self):
         resolve_config(self.config)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}.")
-        init_scheme(self.init_scheme)
-        _check_positive_int("num_classes", self.num_classes)
-        _check_positive_int("fc_features", self.fc_features)
-        _check_positive_int("in_channels", self.in_channels)
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
-        if not self.width > 0:
-            raise ValueError(f"width must be a positive multiplier, got {self.width}.")
+        problem = one_of(POOLINGS).problem("pooling", self.pooling)
+        if problem is None:
+            init_scheme(self.init_scheme)  # raises, naming the schemes
+            fields = {field: getattr(self, field) for field in MODEL_RULES}
+            problem = first_problem(fields, MODEL_RULES)
+        if problem is not None:
+            raise ValueError(problem)
         super().__post_init__()
 
     def __call__(self, x: jax.Array, train: bool = False, dense: bool = False) -> jax.Array:
@@ -306,39 +303,12 @@ def _smallest_side(config: str, wanted, reaches_head: bool) -> tuple[int, str]:
     return 2 ** sum(spec.kind == "pool" for spec in specs[: last + 1]), specs[last].name
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
 def create_model(name: str, **kwargs: Any) -> VGG:
     """Builds a model by familiar name ("vgg16", "vgg16_bn") or paper letter ("D", "A-LRN")."""
     config, batch_norm = resolve_model_name(name)
     # A name that fixes batch_norm ("vgg16_bn") and a batch_norm= argument are a TypeError.
     fixed = {"batch_norm": True} if batch_norm else {}
     return VGG(config=config, **fixed, **kwargs)
-
-
-def model_from_config(config, num_classes: int) -> VGG:
-    """The network a training config describes (train.py's, or one saved in a checkpoint):
-    `model` names it, batch norm included ("vgg16_bn"), and `width`, `fc_features`,
-    `dropout_rate`, `init_scheme`, `dtype` and `remat` shape it."""
-    if "batch_norm" in config:
-        raise ValueError(
-            "config.batch_norm is no longer a field: batch norm is chosen by the model name "
-            "alone. Drop batch_norm and name the model with it, e.g. config.model='vgg16_bn' "
-            "(any name or paper letter + '_bn')."
-        )
-    return create_model(
-        config.model,
-        num_classes=num_classes,
-        width=config.width,
-        fc_features=config.fc_features,
-        dropout_rate=config.dropout_rate,
-        init_scheme=config.init_scheme,
-        dtype=compute_dtype(config.dtype),
-        remat=config.get("remat", False),
-    )
 
 
 def vgg11(**kwargs: Any) -> VGG:

@@ -9,23 +9,28 @@ validation metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import pathlib
 import shutil
-import sys
 import time
 from typing import Any, Callable
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from vgg_jax.model.architectures import BATCH_NORM_SUFFIX, resolve_model_name
+from vgg_jax.files import write_atomically
+from vgg_jax.training.integrity import state_digest, verify
+from vgg_jax.training.noise import (
+    a_missing_metric_warning,
+    absl_level,
+    absl_records_dropped,
+    quiet_abandoned_reads,
+)
+from vgg_jax.training.sections import upgraded_saved_config
 from vgg_jax.training.workdir import checkpoint_choice
 
 BEST_METRIC = "top1_accuracy"
@@ -37,12 +42,6 @@ def _best_metric(metrics: dict) -> float:
     return metrics[BEST_METRIC]
 
 
-def _not_a_missing_metric_warning(record: logging.LogRecord) -> bool:
-    """Orbax warns at every save without metrics once it tracks them; mid-epoch checkpoints
-    have none by design."""
-    return "did not provide metrics" not in record.getMessage()
-
-
 def best_rank(metrics: dict, step: int) -> tuple[float, int]:
     """What "best" means everywhere (the run's summary, --checkpoint=best and which
     checkpoint is kept): the highest validation top-1, and of equals the latest step. Orbax's
@@ -51,73 +50,8 @@ def best_rank(metrics: dict, step: int) -> tuple[float, int]:
 
 
 def upgraded_record(record: dict) -> dict:
-    """A checkpoint's record in today's terms. Runs saved before batch norm was chosen by the
-    model name alone have config.batch_norm; it becomes the name's "_bn"."""
-    config = dict(record.get("config") or {})
-    if "batch_norm" in config:
-        batch_norm = config.pop("batch_norm")
-        if batch_norm and not resolve_model_name(config.get("model", "?"))[1]:
-            config["model"] = f"{config['model']}{BATCH_NORM_SUFFIX}"
-        record = {**record, "config": config}
-    return record
-
-
-def state_digest(state: Any) -> str:
-    """A BLAKE2 digest of every array in `state`: a train state, or the nested dicts and lists
-    it is read back as without a target. Each array is hashed with its dtype and shape, and the
-    sorted hashes hashed again, so the digest does not depend on how the containers are named.
-    Orbax's files carry no checksum of the values: this, kept in the checkpoint's record, is
-    what tells a damaged checkpoint from a good one."""
-    hashes = []
-    for leaf in jax.tree.leaves(jax.device_get(state)):
-        leaf = np.ascontiguousarray(leaf)
-        digest = hashlib.blake2b(f"{leaf.dtype.str}:{leaf.shape};".encode(), digest_size=32)
-        digest.update(leaf.tobytes())
-        hashes.append(digest.digest())
-    return hashlib.blake2b(b"".join(sorted(hashes)), digest_size=32).hexdigest()
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint whose arrays read back differ from what was saved."""
-
-
-def verify(state: Any, record: dict, step: int) -> None:
-    """Raises CorruptCheckpoint unless `state` is what was saved at `step` (checkpoints saved
-    before digests were kept pass unchecked)."""
-    expected = record.get("state_digest")
-    if expected is not None and state_digest(state) != expected:
-        raise CorruptCheckpoint(
-            f"its arrays differ from what was saved at step {step} (digest mismatch): the "
-            f"files were damaged after they were written"
-        )
-
-
-def _quiet_abandoned_reads() -> None:
-    """After a failed read, orbax leaves the checkpoint's other reads running. Each ends later
-    as a traceback: unraisable "Event loop is closed" errors, and asyncio's "Task exception was
-    never retrieved" for reads that failed too. Dozens of lines would hide the one message
-    that matters, so once a checkpoint is read, those alone go to the debug log."""
-    previous = sys.unraisablehook
-    if getattr(previous, "quiets_abandoned_reads", False):
-        return
-
-    def hook(unraisable):
-        error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            _logger.debug("An abandoned checkpoint read ended after its event loop closed.")
-            return
-        previous(unraisable)
-
-    def abandoned_read_failed(record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message.startswith("Task exception was never retrieved") and "OCDBT" in message:
-            _logger.debug("An abandoned checkpoint read failed too: %s", message)
-            return False
-        return True
-
-    hook.quiets_abandoned_reads = True
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(abandoned_read_failed)
+    """A checkpoint's record, its config in today's terms (sections.upgraded_saved_config)."""
+    return {**record, "config": upgraded_saved_config(record.get("config") or {})}
 
 
 def _json_or_none(path: pathlib.Path):
@@ -168,28 +102,23 @@ class Checkpoints:
             cleanup_tmp_directories=not read_only,  # what a crash mid-save left behind
             lightweight_initialize=read_only,  # "best" is ours (best_step), from the records
         )
-        absl_logger = logging.getLogger("absl")
-        absl_logger.addFilter(_not_a_missing_metric_warning)  # added once, however many calls
         # Orbax warns (through absl) that a read-only folder is read-only: that is the point.
-        level = absl_logger.level
-        absl_logger.setLevel(logging.ERROR if read_only else level)
-        try:
+        with absl_level(logging.ERROR) if read_only else contextlib.nullcontext():
             self.manager = ocp.CheckpointManager(self.directory, options=options)
-        finally:
-            absl_logger.setLevel(level)
 
     def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
         """Saves `state` (host arrays) at `step`, its digest in the record; `metrics` rank it
         for 'best'."""
         record = {**record, "state_digest": state_digest(state)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        with absl_records_dropped(a_missing_metric_warning):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+                ),
+                metrics=metrics,
+                force=True,
+            )
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -274,7 +203,7 @@ class Checkpoints:
         read; None if none can. Each unreadable one is reported, and with `set_aside` moved to
         ../unreadable_checkpoints/. Errors of `check_record` are not caught."""
         steps = list(steps)
-        _quiet_abandoned_reads()
+        quiet_abandoned_reads()
         for index, step in enumerate(steps):
             last = index == len(steps) - 1
             try:
@@ -349,9 +278,7 @@ class Checkpoints:
         wanted = record.get("metrics")
         if wanted and not readable:
             metrics_file.parent.mkdir(exist_ok=True)
-            partial = metrics_file.with_name("metrics.partial")
-            partial.write_text(json.dumps(wanted))
-            os.replace(partial, metrics_file)  # never a half-written metrics file
+            write_atomically(metrics_file, json.dumps(wanted))
         elif not wanted and metrics_file.exists() and not readable:
             metrics_file.unlink()  # a mid-epoch checkpoint: it has no metrics
 
@@ -374,11 +301,20 @@ class Checkpoints:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        # Orbax's close does not wait for the clean-up of half-written folders that opening
-        # started; a process exiting soon after (a refused init_from) would have that thread
-        # fail at interpreter shutdown, printing a traceback after the run's one message.
-        getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+        await_tmp_cleanup(self.manager)
         self.manager.close()
+
+
+# The one use of orbax's private API. Its close does not wait for the clean-up of half-written
+# folders that opening the manager started, and offers no public way to; a process exiting soon
+# after (a refused init_from) would have that thread fail at interpreter shutdown, printing a
+# traceback after the run's one message. tests/test_train_loop.py fails loudly when orbax
+# renames or drops the method, rather than letting this quietly do nothing.
+PRIVATE_TMP_CLEANUP = "_maybe_await_cleanup_tmp_directory"
+
+
+def await_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
+    getattr(manager, PRIVATE_TMP_CLEANUP)()
 
 
 def read_trained_variables(workdir: str | pathlib.Path, which: str | int = "latest"):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vgg_jax.model.vgg import model_from_config
+from vgg_jax.training.sections import TrainingConfig
 from vgg_jax.training.steps import TrainingSetup, init_training, pmapped_steps
 
 GIB = 2**30
@@ -73,10 +73,12 @@ def step_peak(setup: TrainingSetup, state: Any, batch: Any) -> int | None:
     return peak_bytes(compiled_step(setup, state, batch))
 
 
-def abstract_training(config, num_classes: int, image_size: int) -> tuple[TrainingSetup, Any]:
+def abstract_training(
+    config: TrainingConfig, num_classes: int, image_size: int
+) -> tuple[TrainingSetup, Any]:
     """(setup, state) for `config` on one device, the state as ShapeDtypeStructs with the
     device axis first: shapes only, so a VGG16 is measured without allocating it."""
-    model = model_from_config(config, num_classes)
+    model = config.model.build(num_classes)
     made = []
 
     def initial_state():

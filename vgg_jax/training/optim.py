@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from optax.contrib import reduce_on_plateau
+
+if TYPE_CHECKING:  # sections imports SCHEDULES from here
+    from vgg_jax.training.sections import OptimizerSection, TrainingConfig
 
 SCHEDULES = ("paper", "step", "cosine")
 # The paper divides the learning rate by 10 "when the validation set accuracy stopped
@@ -30,26 +33,31 @@ def kernel_mask(params) -> dict:
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
-    """The learning rate at each step, before any plateau decay."""
-    peak = scaled_learning_rate(config.learning_rate, config.batch_size)
-    if config.lr_schedule == "paper":
+def learning_rate_schedule(
+    config: TrainingConfig, steps_per_epoch: int
+) -> Callable[[jax.Array], jax.Array]:
+    """The learning rate at each step, before any plateau decay: the optimiser section's base
+    rate, scaled to its batch, on the schedule section's curve."""
+    peak = scaled_learning_rate(config.optimizer.learning_rate, config.optimizer.batch_size)
+    schedule = config.schedule
+    if schedule.lr_schedule == "paper":
         return optax.constant_schedule(peak)
-    if config.lr_schedule == "step":
+    if schedule.lr_schedule == "step":
         boundaries = {
-            int(epoch * steps_per_epoch): config.lr_step_factor for epoch in config.lr_step_epochs
+            int(epoch * steps_per_epoch): schedule.lr_step_factor
+            for epoch in schedule.lr_step_epochs
         }
         return optax.piecewise_constant_schedule(peak, boundaries)
-    if config.lr_schedule == "cosine":
-        warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    if schedule.lr_schedule == "cosine":
+        warmup_steps = int(schedule.warmup_epochs * steps_per_epoch)
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=peak,
             warmup_steps=warmup_steps,
-            decay_steps=max(int(config.num_epochs * steps_per_epoch), warmup_steps + 1),
+            decay_steps=max(int(schedule.num_epochs * steps_per_epoch), warmup_steps + 1),
         )
     raise ValueError(
-        f"Unknown lr_schedule {config.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}."
+        f"Unknown lr_schedule {schedule.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}."
     )
 
 
@@ -69,18 +77,18 @@ class LearningRate:
     decays_on_plateau: bool
 
     @classmethod
-    def from_config(cls, config, steps_per_epoch: int) -> LearningRate:
+    def from_config(cls, config: TrainingConfig, steps_per_epoch: int) -> LearningRate:
         return cls(
             schedule=learning_rate_schedule(config, steps_per_epoch),
             plateau_decay=reduce_on_plateau(
                 factor=PLATEAU_FACTOR,
-                patience=config.lr_plateau_patience,
+                patience=config.schedule.lr_plateau_patience,
                 # Errors are fractions; count 0.1 percentage points as an improvement.
                 rtol=0.0,
                 atol=1e-3,
                 min_scale=PLATEAU_FACTOR**PLATEAU_MAX_DECAYS,
             ),
-            decays_on_plateau=config.lr_schedule == "paper",
+            decays_on_plateau=config.schedule.lr_schedule == "paper",
         )
 
     def init_plateau(self) -> Any:
@@ -106,13 +114,15 @@ class LearningRate:
         return float(self.schedule(step) * plateau.scale)
 
 
-def make_optimizer(config, learning_rate: LearningRate) -> optax.GradientTransformation:
+def make_optimizer(
+    optimizer: OptimizerSection, learning_rate: LearningRate
+) -> optax.GradientTransformation:
     """SGD with momentum and PyTorch-style (coupled) L2 weight decay on kernels only."""
     transforms = []
-    if config.grad_clip_norm:
-        transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if optimizer.grad_clip_norm:
+        transforms.append(optax.clip_by_global_norm(optimizer.grad_clip_norm))
     transforms += [
-        optax.add_decayed_weights(config.weight_decay, mask=kernel_mask),
-        optax.sgd(learning_rate.schedule, momentum=config.momentum, nesterov=config.nesterov),
+        optax.add_decayed_weights(optimizer.weight_decay, mask=kernel_mask),
+        optax.sgd(learning_rate.schedule, momentum=optimizer.momentum, nesterov=optimizer.nesterov),
     ]
     return optax.chain(*transforms)

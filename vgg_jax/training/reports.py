@@ -16,8 +16,9 @@ import jax
 import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from vgg_jax.files import write_atomically
+from vgg_jax.parallel import unreplicate
 from vgg_jax.training.checkpoints import Checkpoints
-from vgg_jax.training.steps import unreplicate
 
 logger = logging.getLogger("vgg_jax")
 
@@ -294,5 +295,5 @@ def write_summary(
         "workdir": str(workdir),
     }
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomically(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -23,10 +22,16 @@ from optax import microbatching
 
 from vgg_jax.data.normalization import model_input
 from vgg_jax.model.vgg import VGG
+from vgg_jax.parallel import AXIS_NAME, replicate, unreplicate  # the last two re-exported
 from vgg_jax.training.metrics import correct_top_k, cross_entropy
 from vgg_jax.training.optim import LearningRate, make_optimizer
+from vgg_jax.training.sections import TrainingConfig
 
-AXIS_NAME = "batch"
+__all__ = [
+    "AXIS_NAME", "TrainState", "TrainingSetup", "eval_step", "init_training",
+    "model_for_training", "new_loss_scale", "pmapped_steps", "replicate", "train_step",
+    "unreplicate",
+]  # fmt: skip
 
 
 @struct.dataclass
@@ -68,19 +73,19 @@ class TrainingSetup:
 
 
 def init_training(
-    config, model: VGG, image_shape, steps_per_epoch: int
+    config: TrainingConfig, model: VGG, image_shape, steps_per_epoch: int
 ) -> tuple[TrainingSetup, TrainState]:
     """The one way to start training `model` with `config`'s optimiser and learning rate: the
-    setup for the steps, and a fresh state (seeded by config.seed) on the default device.
-    `image_shape` is one image's (H, W, C)."""
+    setup for the steps, and a fresh state (seeded by the run section's seed) on the default
+    device. `image_shape` is one image's (H, W, C)."""
     learning_rate = LearningRate.from_config(config, steps_per_epoch)
     setup = TrainingSetup(
         model_for_training(model),
-        make_optimizer(config, learning_rate),
+        make_optimizer(config.optimizer, learning_rate),
         learning_rate,
-        grad_accum_steps=config.get("grad_accum_steps", 1),
+        grad_accum_steps=config.optimizer.grad_accum_steps,
     )
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.run.seed))
     images = jnp.zeros((1, *image_shape), jnp.float32)
 
     @jax.jit
@@ -251,17 +256,6 @@ def pmapped_steps(setup: TrainingSetup):
     )
     p_eval_step = jax.pmap(functools.partial(eval_step, model=setup.model), axis_name=AXIS_NAME)
     return p_train_step, p_eval_step
-
-
-def replicate(state: TrainState, devices=None) -> TrainState:
-    """The state copied onto every local device (or onto `devices`), for the pmapped steps."""
-    return flax.jax_utils.replicate(state, devices)
-
-
-def unreplicate(tree: Any) -> Any:
-    """One host (NumPy) copy of a replicated pytree (a state, metrics), on every process of a
-    multi-host run."""
-    return jax.device_get(flax.jax_utils.unreplicate(tree))
 
 
 def model_for_training(model: VGG) -> VGG:

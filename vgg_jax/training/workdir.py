@@ -173,3 +173,26 @@ def checkpoint_argument(text: str) -> str | int:
         return checkpoint_choice(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def hold_workdir(held: contextlib.ExitStack, workdir: pathlib.Path, is_main: bool) -> None:
+    """Creates the work directory and locks it for this run (process 0; vgg_jax.training.
+    workdir) in `held`. Another run holding it raises WorkdirInUse, before anything is read,
+    compiled or written; in a multi-host run every process raises it, told by process 0.
+    A work directory that cannot be one raises WorkdirUnusable."""
+    import jax  # here: `python -m vgg_jax.evaluate --help` reads this module, and is quick
+    import numpy as np
+
+    failure = None
+    try:
+        held.enter_context(locked_workdir(workdir, take_lock=is_main))
+    except (WorkdirInUse, WorkdirUnusable) as error:
+        failure = error
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        held_by_0 = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
+        if not held_by_0 and failure is None:
+            failure = WorkdirInUse(f"Process 0 could not take {workdir}: see its message.")
+    if failure is not None:
+        raise failure

@@ -1,0 +1,221 @@
+"""Starting a run of the training loop (vgg_jax.training.loop): the config checked against this
+run's devices, then the data, the model, the optimiser and the train state, resumed from the
+newest readable checkpoint, started from another run (config.init_from), or fresh. `Run` is
+what the loop holds while it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+from tqdm import tqdm
+
+from vgg_jax.data import pipeline, sources
+from vgg_jax.files import write_atomically
+from vgg_jax.model.costs import training_flops_per_image
+from vgg_jax.model.dtypes import dtype_choice
+from vgg_jax.parallel import replicate
+from vgg_jax.training import warm_start
+from vgg_jax.training.checkpoints import (
+    UNREADABLE_FOLDER,
+    CheckpointNotFound,
+    Checkpoints,
+    read_trained_variables,
+)
+from vgg_jax.training.reports import (
+    TrainingError,
+    TrainLog,
+    logger,
+    peak_bf16_flops,
+)
+from vgg_jax.training.sections import (
+    ConfigError,
+    RunSection,
+    TrainingConfig,
+    check_for_devices,
+    read_config,
+)
+from vgg_jax.training.steps import init_training, pmapped_steps
+from vgg_jax.training.workdir import (
+    finished_step,
+    refusal_to_forget_a_run,
+)
+
+# A checkpoint can only be resumed by a run that builds the same network on the same data.
+ARCHITECTURE_KEYS = ("model", "width", "fc_features", "init_scheme", "dataset", "crop_size")
+
+
+def validate_config(config) -> TrainingConfig:
+    """The config read into its sections (vgg_jax.training.sections), or a TrainingError before
+    any data is read or anything compiled: for any field that cannot work, then for what
+    depends on this run's devices: the batch's split over them and into micro-batches, and
+    the dtype. A config read before (train.py's) is not checked field by field again."""
+    try:
+        config = read_config(config)
+    except ConfigError as error:
+        raise TrainingError(str(error)) from None
+    try:
+        pipeline.local_batch_size(config.optimizer.batch_size)
+    except ValueError as error:
+        raise TrainingError(f"config.{error}") from None
+    try:
+        check_for_devices(config, jax.device_count(), jax.default_backend())
+    except ConfigError as error:
+        raise TrainingError(str(error)) from None
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPlan:
+    """What a run's data are, fixed when it starts: the data set, the images the model sees,
+    their preprocessing, and the steps they make."""
+
+    builder: Any
+    info: sources.DatasetInfo
+    input_shape: tuple[int, int, int]
+    augmentation: Any  # preprocessing.TrainAugmentation
+    eval_preprocessing: Any  # preprocessing.EvalPreprocessing
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan_data(config: TrainingConfig) -> DataPlan:
+    """The data set as configured, described; a TrainingError if it cannot be read."""
+    data = config.data
+    try:
+        builder = sources.get_builder(data.dataset, data.data_dir or None)
+        info = sources.describe(builder, data.train_split, data.eval_split)
+        input_shape = pipeline.model_input_shape(data, info)
+        augmentation = pipeline.augmentation_from_config(data)
+        eval_preprocessing = pipeline.eval_preprocessing_from_config(data)
+        steps_per_epoch = pipeline.steps_per_epoch(info.train_examples, config.optimizer.batch_size)
+    except ValueError as error:  # the data set, as configured, cannot be read
+        raise TrainingError(str(error)) from None
+    total_steps = config.schedule.num_epochs * steps_per_epoch
+    if config.schedule.max_steps:
+        total_steps = min(total_steps, config.schedule.max_steps)
+    return DataPlan(
+        builder, info, input_shape, augmentation, eval_preprocessing, steps_per_epoch, total_steps
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """What one call of train_and_evaluate holds while it runs (host-side bookkeeping; the
+    train state itself is the replicated pytree)."""
+
+    config: TrainingConfig
+    workdir: pathlib.Path
+    started: float
+    is_main: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
+    checkpoints: Checkpoints | None = None
+    writer: Any = None
+    record: dict = dataclasses.field(default_factory=lambda: {"best": None})
+    skipped: pipeline.SkippedImages = dataclasses.field(default_factory=pipeline.SkippedImages)
+    progress: tqdm | None = None
+    # Set by set_up:
+    plan: DataPlan | None = None
+    setup: Any = None  # steps.TrainingSetup
+    p_train_step: Any = None  # pmapped (in one process, the executable once compiled)
+    train_step_compiled: bool = False
+    p_eval_step: Any = None
+    replicated: Any = None  # the train state on every local device
+    step: int = 0
+    train_log: TrainLog | None = None
+
+
+def set_up(run: Run) -> None:
+    """Data, model, optimiser and state; resumed from the newest readable checkpoint, or
+    started from another run (config.init_from), or fresh."""
+    config = run.config
+    run.plan = plan = plan_data(config)
+    model = config.model.build(plan.info.num_classes)
+    run.setup, state = init_training(config, model, plan.input_shape, plan.steps_per_epoch)
+    state = jax.device_get(state)
+    run.checkpoints = Checkpoints(run.workdir / "checkpoints", keep=config.run.keep_checkpoints)
+    restored = run.checkpoints.restore_latest(
+        state, lambda saved: check_same_architecture(run, saved)
+    )
+    if restored is not None:
+        state, run.record = restored
+        run.skipped = pipeline.SkippedImages(run.record.get("skipped_images", ()))
+        logger.info("Resumed from step %d in %s.", int(state.step), run.checkpoints.directory)
+    elif run.checkpoints.set_aside_steps():
+        raise TrainingError(refusal_to_start_over(run.checkpoints))
+    elif finished := finished_step(run.workdir):
+        raise TrainingError(refusal_to_forget_a_run(run.workdir, finished))
+    elif config.run.init_from:
+        state = start_from_run(config.run, state)
+    run.step = int(state.step)
+    if run.is_main:
+        write_atomically(run.workdir / "config.json", config.to_json())
+        from flax.metrics import tensorboard  # imports TensorBoard: only where it writes
+
+        run.writer = tensorboard.SummaryWriter(str(run.workdir / "tensorboard"))
+    logger.info(
+        "%s on %s: %d train / %d eval examples, %d classes, %s images; %d steps per "
+        "epoch, %d devices.",
+        config.model.model, plan.info.name, plan.info.train_examples, plan.info.eval_examples,
+        plan.info.num_classes, "x".join(map(str, plan.input_shape)), plan.steps_per_epoch,
+        jax.device_count(),
+    )  # fmt: skip
+    logger.info("%s", dtype_choice(config.model.dtype))
+    run.p_train_step, run.p_eval_step = pmapped_steps(run.setup)
+    run.replicated = replicate(state)
+    peak = peak_bf16_flops(jax.devices()[0].device_kind)
+    run.train_log = TrainLog(
+        run.writer, config.optimizer.batch_size, run.checkpoints,
+        flops_per_image=training_flops_per_image(model, plan.input_shape),
+        peak_flops=peak * jax.device_count() if peak else None, started=run.started,
+    )  # fmt: skip
+
+
+def refusal_to_start_over(checkpoints: Checkpoints) -> str:
+    aside = checkpoints.directory.parent / UNREADABLE_FOLDER
+    steps = ", ".join(map(str, checkpoints.set_aside_steps()))
+    return (
+        f"No readable checkpoint in {checkpoints.directory}: the unreadable ones (steps "
+        f"{steps}) are in {aside}. Training does not start over on its own; to start from "
+        f"step 0 on purpose, delete {aside}, or use another --workdir."
+    )
+
+
+def check_same_architecture(run: Run, record: dict) -> None:
+    saved, config = record.get("config", {}), run.config.fields
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, this run {config[key]!r}"
+        for key in ARCHITECTURE_KEYS
+        if saved.get(key) != config[key]
+    ]
+    if differences:
+        raise TrainingError(
+            f"{run.checkpoints.directory} holds checkpoints of another configuration ("
+            + "; ".join(differences)
+            + "). Use another --workdir, or delete that folder to start over."
+        )
+
+
+def start_from_run(config: RunSection, state):
+    """`state` with layers of config.init_from's latest checkpoint copied in (warm_start):
+    every layer for fine-tuning, or the paper's warm start from net A."""
+    try:
+        source, source_config, step = read_trained_variables(config.init_from)
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        variables, layers = warm_start.initial_variables(
+            variables, source, source_config.get("model", "?"), config.init_layers
+        )
+    except (CheckpointNotFound, ValueError) as error:
+        raise TrainingError(
+            f"config.init_from={config.init_from!r}: {error} (set --config.init_from='' to "
+            f"start from random weights)."
+        ) from None
+    logger.info(
+        "Initialised from %s (step %d, %s): copied %s; the other layers start random.",
+        config.init_from, step, source_config.get("model"), ", ".join(layers),
+    )  # fmt: skip
+    return state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
