@@ -13,7 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from flax import linen as nn
-from helpers import ROOT
+from helpers import ROOT, python_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -87,7 +87,9 @@ def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
         "--train-batch-sizes", "2", "--inference-batch-sizes", "2", "--steps", "1",
         "--repeats", "2", "--variants", "reshape_pool", "--torch", "none", "--out", str(out),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=python_env()
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     rows = results["report"]
@@ -118,7 +120,9 @@ def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
         "--augmentations", "paper", "--compare-torch", "--dir", str(tmp_path / "jpegs"),
         "--json", str(tmp_path / "rates.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=python_env()
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     files = list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))
     sides = [max(PIL.Image.open(f).size) for f in files]
@@ -141,7 +145,9 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
         sys.executable, str(ROOT / "benchmarks" / "lpips_speed.py"), "--size", "32",
         "--batch", "1", "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "lpips.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=python_env()
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "lpips.json").read_text())
     assert set(results["pairs_per_second"]) == {
@@ -157,6 +163,8 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     }  # fmt: skip
     assert "vgg_jax / lpips, forward" in completed.stdout and "host cores:" in completed.stdout
     # Where the lpips package is missing (the GPU image), the vgg_jax rows alone.
-    alone = subprocess.run([*command, "--skip-torch"], capture_output=True, text=True, timeout=600)
+    alone = subprocess.run(
+        [*command, "--skip-torch"], capture_output=True, text=True, timeout=600, env=python_env()
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "lpips forward" not in alone.stdout and "vgg_jax forward+backward" in alone.stdout

@@ -15,6 +15,7 @@ from flax.training.dynamic_scale import DynamicScale
 from helpers import (
     IMAGE_SHAPE,
     TESTS,
+    python_env,
     saved_state,
     small_config,
     tiny_config,
@@ -319,8 +320,9 @@ def test_largest_batch_benchmark_prints_a_batch_that_fits_and_one_more_that_does
     args = ["--model", "vgg11", "--width", "0.125", "--image-size", "32", "--num-classes", "10",
             "--memory-gib", "0.5", "--dtype", "float32"]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, timeout=600
-    )
+        [sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, timeout=600,
+        env=python_env(),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     line = [row for row in result.stdout.splitlines() if row.startswith("largest batch per")]
     assert line, result.stdout

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import relative_error
+from helpers import python_env, relative_error
 
 import vgg_jax
 from vgg_jax.data.normalization import CAFFE_NORMALIZATION, IMAGENET_NORMALIZATION
@@ -58,7 +58,7 @@ def torchvision_references(tmp_path_factory):
     script = pathlib.Path(__file__).with_name("torchvision_reference.py")
     completed = subprocess.run(
         [sys.executable, str(script), str(out), *TORCHVISION_MODELS_COMPARED],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=python_env(),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     return {name: out / f"{name}.npz" for name in TORCHVISION_MODELS_COMPARED}
@@ -280,7 +280,7 @@ def test_predict_reads_a_pth_file_and_gives_pytorchs_probabilities(
     weights = reference.with_suffix(".pth")
     command = [sys.executable, "-m", "vgg_jax.predict", f"--weights={weights}", "--model=vgg11_bn",
                "--top=3", str(image)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=python_env())
     assert result.returncode == 0, result.stderr[-3000:]
     expected = np.load(reference.with_suffix(".grey.npy"))
     names = vgg_jax.imagenet_class_names()
