@@ -50,7 +50,7 @@ def run_mutant(copy: pathlib.Path, mutant: Mutant, timeout: int) -> dict:
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                f"--deselect={TWO_PROCESS}", *tests]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(copy)}
-    env.pop("VGG_JAX_ALLOWED_SKIPS", None)
+    env.pop("VGG_JAX_STRICT_SKIPS", None)
     start = time.monotonic()
     path.write_text(original.replace(mutant.before, mutant.after))
     try:
