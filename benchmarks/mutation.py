@@ -1,7 +1,8 @@
 """Mutation testing of the recipe code: does each realistic one-line bug fail a test?
 
     python benchmarks/mutation.py                        # every mutant, this tree
-    python benchmarks/mutation.py --module optim.py      # one module's mutants
+    python benchmarks/mutation.py --module optim.py      # one module's mutants (repeatable)
+    python benchmarks/mutation.py --bug Nesterov         # mutants whose bug names this
     python benchmarks/mutation.py --tree /tmp/old --json before.json
 
 The mutants and the tests each module answers to are listed in benchmarks/mutants.py. The
@@ -83,13 +84,16 @@ def summary(results: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=pathlib.Path, default=ROOT, help="the tree to mutate")
-    parser.add_argument("--module", help="only the mutants of modules whose path ends so")
+    parser.add_argument("--module", action="append", help="only modules whose path ends so")
+    parser.add_argument("--bug", action="append", help="only mutants whose bug contains this")
     parser.add_argument("--json", type=pathlib.Path, help="write every result here too")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
     args = parser.parse_args(argv)
-    mutants = [m for m in MUTANTS if not args.module or m.module.endswith(args.module)]
+    modules = tuple(args.module or ())
+    mutants = [m for m in MUTANTS if not modules or m.module.endswith(modules)]
+    mutants = [m for m in mutants if not args.bug or any(b in m.bug for b in args.bug)]
     if not mutants:
-        parser.error(f"No mutant in a module ending {args.module!r}.")
+        parser.error(f"No mutant matches --module {args.module} and --bug {args.bug}.")
     results = []
     with tempfile.TemporaryDirectory(prefix="vgg_jax_mutation_") as temp:
         copy = pathlib.Path(temp) / "tree"
