@@ -10,7 +10,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from helpers import run_train_py, tiny_config
+from helpers import run_train_py, saved_state, tiny_config
 
 from vgg_jax.training import reports
 from vgg_jax.training.checkpoints import Checkpoints
@@ -246,6 +246,26 @@ def test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk(
     written = (tmp_path / "summary.json").read_text()
     assert train_and_evaluate(config, tmp_path) == json.loads(written)
     assert (tmp_path / "summary.json").read_text() == written
+    # The paper's decay, fed the scripted errors (0.5, 0.1, 0.3, 0.2, 0.1, 0.4) with patience
+    # 2: the rate (0.4) divided by 10 at the 4th and the 6th evaluation, logged there, and in
+    # the state the devices trained with (the checkpoint's).
+    rates = logged_scalars(tmp_path / "tensorboard", "train/learning_rate")
+    at_evaluations = [rates[epoch * steps_per_epoch] for epoch in range(1, 7)]
+    np.testing.assert_allclose(at_evaluations, [0.4, 0.4, 0.4, 0.04, 0.04, 0.004], rtol=1e-6)
+    assert saved_state(tmp_path)["plateau"]["scale"] == pytest.approx(0.01)
+
+
+def logged_scalars(folder, tag) -> dict[int, float]:
+    """{step: value} of a TensorBoard tag over a run's event files, the last write winning."""
+    import tensorflow as tf
+
+    values = {}
+    for events in sorted(folder.glob("events.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
 
 
 def test_a_resumed_run_takes_its_steps_from_the_compilation_cache(digits_dir, tmp_path):
