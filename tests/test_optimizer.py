@@ -1,7 +1,8 @@
 """The paper's optimiser checked by its effect: SGD with momentum (and Nesterov), L2 weight
 decay, the plateau decay of the learning rate and clipping by global norm, stepped several
-times against PyTorch's torch.optim.SGD update written out by hand in NumPy; and the train
-step's loss against a hand computation on the model input it must see (PCA shift included)."""
+times against PyTorch's torch.optim.SGD update written out by hand in NumPy; and the train and
+eval steps' loss and top-k against a hand computation on the model input they must see (PCA
+shift included, padding masked out)."""
 
 import functools
 
@@ -12,6 +13,7 @@ import pytest
 from helpers import global_batches, small_config, small_training_setup
 
 from vgg_jax.training import optim, steps
+from vgg_jax.training.metrics import cross_entropy
 
 RATE = 0.05  # the learning rate for a batch of 256, so the linear scaling leaves it as it is
 DECAY = 5e-4
@@ -151,11 +153,51 @@ def test_the_train_step_loss_is_the_mean_cross_entropy_of_the_lit_normalised_ima
     log_sum = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1)) + logits.max(1)
     losses = log_sum - logits[np.arange(len(labels)), labels]
     assert float(metrics["loss"][0]) == pytest.approx(np.mean(losses), rel=1e-5)
-    top1 = np.mean(np.argmax(logits, 1) == labels)
-    assert float(metrics["top1_accuracy"][0]) == pytest.approx(top1)
+    rank = np.sum(logits > logits[np.arange(len(labels)), labels][:, None], axis=1)
+    assert float(metrics["top1_accuracy"][0]) == pytest.approx(np.mean(rank < 1))
+    assert float(metrics["top5_accuracy"][0]) == pytest.approx(np.mean(rank < 5))
+    assert np.mean(rank < 1) != np.mean(rank < 5)  # the batch tells top-1 from top-5
     # Without the shift the loss is another: the test tells the two apart.
     unlit = (batch["image"][0] - mean) / std
     logits = np.asarray(training_setup.model.apply({"params": state.params}, unlit), np.float64)
     log_sum = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1)) + logits.max(1)
     unlit_loss = np.mean(log_sum - logits[np.arange(len(labels)), labels])
     assert abs(unlit_loss - np.mean(losses)) > 1e-2
+
+
+def hand_losses(logits, labels):
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(1, keepdims=True)
+    log_sum = np.log(np.sum(np.exp(logits - top), 1)) + top[:, 0]
+    return log_sum - logits[np.arange(len(labels)), labels]
+
+
+def test_the_loss_is_computed_in_float32_from_bfloat16_logits():
+    logits = jnp.asarray(np.random.default_rng(4).normal(0, 5, (6, 10)), jnp.bfloat16)
+    labels = np.arange(6)
+    losses = cross_entropy(logits, labels)
+    assert losses.dtype == jnp.float32
+    np.testing.assert_allclose(losses, hand_losses(logits.astype(np.float32), labels), rtol=1e-6)
+
+
+def test_the_eval_step_sums_over_real_examples_only():
+    """Three of eight examples are padding (mask 0): the sums are those of the other five."""
+    training_setup, state, _ = one_device_step()
+    fc8 = {**state.params["fc8"], "kernel": 100 * state.params["fc8"]["kernel"]}
+    state = state.replace(params={**state.params, "fc8": fc8})
+    images, labels = next(global_batches(steps=1))
+    mask = np.array([1, 1, 0, 1, 0, 1, 1, 0], np.float32)
+    step = jax.pmap(functools.partial(steps.eval_step, model=training_setup.model),
+                    axis_name=steps.AXIS_NAME, devices=jax.devices()[:1])  # fmt: skip
+    batch = {"image": images[None], "label": labels[None], "mask": mask[None]}
+    sums = jax.device_get(step(jax.tree.map(lambda x: np.stack([x]), state), batch))
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    logits = np.asarray(training_setup.model.apply({"params": state.params}, (images - mean) / std))
+    real = mask > 0
+    rank = np.sum(logits > logits[np.arange(8), labels][:, None], axis=1)[real]
+    assert float(sums["count"][0]) == 5
+    assert float(sums["loss"][0]) == pytest.approx(
+        hand_losses(logits, labels)[real].sum(), rel=1e-5
+    )
+    assert float(sums["top1_correct"][0]) == np.sum(rank < 1)
+    assert float(sums["top5_correct"][0]) == np.sum(rank < 5)
