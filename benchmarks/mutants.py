@@ -23,8 +23,16 @@ class Mutant:
 # two-process test is left out: it compares two runs of the same (mutated) tree, so it checks
 # the distribution, not the recipe, and costs 40 s a mutant.
 TWO_PROCESS = "tests/test_training.py::test_two_processes_equal_one_process_with_four_devices"
+# The scripted run whose learning rate is logged as it decays.
+SCRIPTED_PLATEAU = (
+    "tests/test_train_loop.py::test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk"
+)
 TESTS = {
-    "vgg_jax/training/optim.py": ["tests/test_optimizer.py", "tests/test_training.py"],
+    "vgg_jax/training/optim.py": [
+        "tests/test_optimizer.py",
+        "tests/test_training.py",
+        SCRIPTED_PLATEAU,
+    ],
     "vgg_jax/training/steps.py": ["tests/test_optimizer.py", "tests/test_training.py"],
     "vgg_jax/training/metrics.py": [
         "tests/test_optimizer.py",
