@@ -244,3 +244,26 @@ def test_test_time_rescaling_is_antialiased_like_tf_image_resize():
     difference = np.abs(crop.astype(np.float64) - expected)
     assert difference[1:-1, 1:-1].max() <= 1, difference[1:-1, 1:-1].max()
     assert difference.mean() < 1.0, difference.mean()  # 0.75 measured: the edge rows and columns
+
+
+def test_caffe_weights_subtract_the_papers_mean_pixel_in_rgb_order():
+    """Keras lists the Caffe mean pixel as BGR (103.939, 116.779, 123.68): red is 123.68."""
+    black = normalization.CAFFE_NORMALIZATION(np.zeros((1, 1, 1, 3), np.uint8))[0, 0, 0]
+    np.testing.assert_allclose(black, [-123.68, -116.779, -103.939], rtol=1e-6)
+
+
+def test_scale_jittering_draws_every_s_from_s_min_to_s_max():
+    """On a side of 224 * 512 pixels the window is 512 * 224 / S: each S shows exactly. 3,000
+    draws of S in [256, 512] (257 values) meet every one, the ends included."""
+    side = 224 * 512
+    draws = tf.stack([tf.fill([3000], 9), tf.range(3000)], axis=1)
+
+    @tf.function
+    def windows(draws):
+        def window(seed):
+            return pp.scale_jitter_window([side, side], seed, 224, (256, 512))
+
+        return tf.map_fn(window, draws, fn_output_signature=tf.int32)
+
+    implied = {round(224 * side / int(w)) for w in windows(draws)[:, 2].numpy()}
+    assert implied == set(range(256, 513))

@@ -32,6 +32,42 @@ def test_checkpoints_keep_the_latest_and_the_best(uninterrupted_run):
     assert record["config"]["width"] == 1 / 16
 
 
+def test_the_recorded_evaluation_is_the_mean_over_the_split_by_hand(uninterrupted_run, digits_dir):
+    """The evaluation at step 22 recomputed from its checkpoint: every test image once through
+    the model, then the loss (-log softmax at the label) and the top-1 and top-5 hits (classes
+    scoring strictly higher than the label) in NumPy, averaged over the images."""
+    from vgg_jax.data import pipeline, sources
+    from vgg_jax.data.normalization import normalize
+    from vgg_jax.model.vgg import model_from_config
+
+    workdir, _ = uninterrupted_run
+    config = tiny_config(digits_dir)
+    builder = sources.get_builder(config.dataset, digits_dir)
+    model = model_from_config(config, builder.info.features["label"].num_classes)
+    variables = {"params": saved_state(workdir, 22)["params"]}
+    preprocessing = pipeline.eval_preprocessing_from_config(config)
+    apply = jax.jit(lambda images: model.apply(variables, normalize(images)))
+    logits, labels = [], []
+    for batch in pipeline.eval_batches(builder, config.eval_split, 128, preprocessing):
+        real = batch["mask"].reshape(-1) > 0  # every batch padded to one shape: one compile
+        images = batch["image"].reshape(-1, *batch["image"].shape[-3:])
+        logits.append(np.asarray(apply(images), np.float64)[real])
+        labels.append(batch["label"].reshape(-1)[real])
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    at_label = logits[np.arange(len(labels)), labels]
+    top = logits.max(axis=1)
+    losses = np.log(np.exp(logits - top[:, None]).sum(axis=1)) + top - at_label
+    rank = np.sum(logits > at_label[:, None], axis=1)
+    store = Checkpoints(workdir / "checkpoints", read_only=True)
+    recorded = store.record(22)["metrics"]
+    store.close()
+    assert len(labels) == builder.info.splits[config.eval_split].num_examples
+    assert recorded["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    assert recorded["top1_accuracy"] == pytest.approx(np.mean(rank < 1))
+    assert recorded["top5_accuracy"] == pytest.approx(np.mean(rank < 5))
+    assert np.mean(rank < 1) < np.mean(rank < 5) < 1  # the three figures differ
+
+
 @pytest.mark.parametrize("metrics_file", ["missing", "damaged"])
 def test_the_best_checkpoint_survives_a_resume_whatever_its_metrics_file(
     metrics_file, uninterrupted_run, digits_dir, tmp_path
