@@ -18,6 +18,7 @@ from helpers import ROOT, python_env
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jax_speed  # noqa: E402
+import mutation  # noqa: E402
 import throughput  # noqa: E402
 import variants  # noqa: E402
 
@@ -168,3 +169,14 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     )
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "lpips forward" not in alone.stdout and "vgg_jax forward+backward" in alone.stdout
+
+
+def test_every_listed_mutant_applies_to_the_tree_and_answers_to_existing_tests():
+    """benchmarks/mutation.py's bugs still fit the code (each text once in its module) and
+    each module's tests exist: a rewrite that leaves a mutant stale fails here, not silently."""
+    stale = [f"{m.module}: {m.bug}" for m in mutation.MUTANTS if mutation.check_applies(ROOT, m)]
+    assert not stale, stale
+    for module, tests in mutation.TESTS.items():
+        assert (ROOT / module).is_file(), module
+        assert all((ROOT / test.split("::")[0]).is_file() for test in tests), tests
+    assert {m.module for m in mutation.MUTANTS} == set(mutation.TESTS)
