@@ -17,6 +17,9 @@ class Mutant:
     before: str
     after: str
     bug: str  # what the mutant computes wrongly, in words
+    # Why the mutant computes the same as the code, where it does: it is listed (so that the
+    # reason is kept) but not run.
+    equivalent: str = ""
 
 
 # Pytest arguments per module, cheapest killers first (-x stops at the first failure). The
@@ -102,7 +105,9 @@ MUTANTS = [
            "top-k against class 0"),
     Mutant(METRICS, "< k).astype", "<= k).astype", "top-k counts k+1 classes"),
     Mutant(METRICS, "scores > label_score", "scores >= label_score", "ties count against"),
-    Mutant(METRICS, "k = min(k, scores.shape[-1])", "k = k", "k above the class count"),
+    Mutant(METRICS, "k = min(k, scores.shape[-1])", "k = k", "k above the class count",
+           equivalent="at most C - 1 classes score above the label, so `< k` holds for every "
+                      "k >= C, clipped to C or not"),
     Mutant(METRICS, "return {k: float(100.0 * np.mean(missed[k])) for k in ks}",
            "return {k: float(np.mean(missed[k])) for k in ks}", "errors as fractions, not %"),
     Mutant(METRICS, "logits.astype(jnp.float32), labels", "logits, labels",

@@ -11,7 +11,8 @@ module's test files run against it (pytest -x -q, the copy first on PYTHONPATH, 
 subprocesses run the mutant too), and the file restored. A failing run kills the mutant; a
 passing one lets it survive. One mutant at a time: the machine's other work keeps its cores.
 Test files the tree lacks are left out (for a tree from before they were written). The
-report gives the kill rate per module and names every survivor. mutmut and cosmic-ray mutate
+report gives the kill rate per module and names every survivor; a mutant listed as equivalent
+(with the reason it computes the same) is named, not run. mutmut and cosmic-ray mutate
 operators blindly: hundreds of mutants per module, each costing a JAX compilation, where a
 listed bug of the paper's recipe costs one.
 """
@@ -72,13 +73,15 @@ def summary(results: list[dict]) -> str:
         per_module[result["module"]].append(result)
     lines = ["| module | killed | mutants | kill rate | survivors |", "|---|---|---|---|---|"]
     for module, rows in per_module.items():
-        ran = [r for r in rows if "stale" not in r]
+        ran = [r for r in rows if "stale" not in r and "equivalent" not in r]
         killed = sum(r["killed"] for r in ran)
         survivors = "; ".join(r["bug"] for r in ran if not r["killed"]) or "-"
         rate = f"{100 * killed / len(ran):.0f}%" if ran else "-"
         lines.append(f"| {module} | {killed} | {len(ran)} | {rate} | {survivors} |")
     stale = [f"{r['module']}: {r['bug']} ({r['stale']})" for r in results if "stale" in r]
-    return "\n".join(lines + [f"Stale mutant, not run: {s}" for s in stale])
+    same = [f"{r['module']}: {r['bug']} ({r['equivalent']})" for r in results if "equivalent" in r]
+    return "\n".join(lines + [f"Stale mutant, not run: {s}" for s in stale]
+                     + [f"Equivalent mutant, not run: {s}" for s in same])  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -102,10 +105,14 @@ def main(argv=None) -> int:
             problem = check_applies(copy, mutant)
             if problem:
                 result = {"module": mutant.module, "bug": mutant.bug, "stale": problem}
+            elif mutant.equivalent:
+                result = {"module": mutant.module, "bug": mutant.bug,
+                          "equivalent": mutant.equivalent}  # fmt: skip
             else:
                 result = run_mutant(copy, mutant, args.timeout)
             results.append(result)
-            verdict = "stale" if problem else "killed" if result["killed"] else "SURVIVED"
+            verdict = ("stale" if problem else "equivalent, not run" if mutant.equivalent
+                       else "killed" if result["killed"] else "SURVIVED")  # fmt: skip
             print(f"[{number}/{len(mutants)}] {verdict}: {mutant.module}: {mutant.bug}"
                   f" ({result.get('seconds', 0)} s)", flush=True)  # fmt: skip
             if args.json:
