@@ -45,7 +45,9 @@ def execute(path: pathlib.Path, workdir: pathlib.Path) -> nbformat.NotebookNode:
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})  # fmt: skip
-    client.execute(env={**os.environ, **QUICK_ENV})
+    # The kernel imports this tree's vgg_jax (its folder first on the path), not an installed one.
+    path = os.pathsep.join(filter(None, [str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH")]))
+    client.execute(env={**os.environ, **QUICK_ENV, "PYTHONPATH": path})
     return notebook
 
 

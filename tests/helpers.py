@@ -22,6 +22,16 @@ TESTS = pathlib.Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
 
+def python_env(env=None, *paths) -> dict:
+    """`env` (os.environ by default) with the repository root first on PYTHONPATH, then
+    `paths`: every Python a test starts imports the tree under test, not an installed vgg_jax
+    (the same tree's mutants included)."""
+    env = dict(os.environ if env is None else env)
+    inherited = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path]
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, paths), *inherited])
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -39,7 +49,7 @@ def start_train_py(*args, fault=None, marker=None, env=None) -> subprocess.Popen
         command = [sys.executable, str(TESTS / "fault_injection.py"), fault, str(marker)]
     return subprocess.Popen(
         [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env=env or dict(os.environ),
+        env=python_env(env),
     )  # fmt: skip
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import PIL.Image
 import pytest
 from flax import linen as nn
-from helpers import ROOT
+from helpers import ROOT, python_env
 
-from benchmarks import jax_speed, throughput, variants
+from benchmarks import jax_speed, mutation, throughput, variants
 
 
 def _weighted_grad(function, x, weights):
@@ -83,7 +83,7 @@ def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
         "--train-batch-sizes", "2", "--inference-batch-sizes", "2", "--steps", "1",
         "--repeats", "2", "--variants", "reshape_pool", "--torch", "none", "--out", str(out),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     rows = results["report"]
@@ -114,7 +114,7 @@ def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
         "--augmentations", "paper", "--compare-torch", "--dir", str(tmp_path / "jpegs"),
         "--json", str(tmp_path / "rates.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     files = list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))
     sides = [max(PIL.Image.open(f).size) for f in files]
@@ -137,7 +137,7 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
         sys.executable, "-m", "benchmarks.lpips_speed", "--size", "32",
         "--batch", "1", "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "lpips.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "lpips.json").read_text())
     assert set(results["pairs_per_second"]) == {
@@ -154,7 +154,18 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     assert "vgg_jax / lpips, forward" in completed.stdout and "host cores:" in completed.stdout
     # Where the lpips package is missing (the GPU image), the vgg_jax rows alone.
     alone = subprocess.run(
-        [*command, "--skip-torch"], capture_output=True, text=True, cwd=ROOT, timeout=600
+        [*command, "--skip-torch"], capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=600
     )
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "lpips forward" not in alone.stdout and "vgg_jax forward+backward" in alone.stdout
+
+
+def test_every_listed_mutant_applies_to_the_tree_and_answers_to_existing_tests():
+    """benchmarks/mutation.py's bugs still fit the code (each text once in its module) and
+    each module's tests exist: a rewrite that leaves a mutant stale fails here, not silently."""
+    stale = [f"{m.module}: {m.bug}" for m in mutation.MUTANTS if mutation.check_applies(ROOT, m)]
+    assert not stale, stale
+    for module, tests in mutation.TESTS.items():
+        assert (ROOT / module).is_file(), module
+        assert all((ROOT / test.split("::")[0]).is_file() for test in tests), tests
+    assert {m.module for m in mutation.MUTANTS} == set(mutation.TESTS)

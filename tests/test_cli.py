@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, python_env
 
 from vgg_jax.__main__ import main
 
@@ -30,6 +30,7 @@ def test_demo_runs_as_a_module_from_another_folder(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vgg_jax", "vgg11_lrn", "--image-size", "32", "--width", "0.25"],
         cwd=tmp_path,
+        env=python_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -64,7 +65,9 @@ def test_help_and_argument_errors_answer_without_loading_tensorflow(command, arg
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "print(sorted({'tensorflow', 'orbax'} & {m.split('.')[0] for m in sys.modules}))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
     assert "usage: python -m vgg_jax." in result.stdout + result.stderr

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import python_env
 from tfds_mocks import mocked_tfds
 
 from vgg_jax.configs import get_config
@@ -156,6 +157,8 @@ def test_the_config_check_starts_no_jax_backend():
         "from vgg_jax.training.sections import read_config; read_config(get_config()); "
         "print(xla_bridge.backends_are_initialized())"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TESTS, relative_error
+from helpers import TESTS, python_env, relative_error
 from safetensors.numpy import save_file
 
 import vgg_jax
@@ -31,7 +31,7 @@ def reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dists")
     completed = subprocess.run(
         [sys.executable, str(TESTS / "dists_reference.py"), str(folder / "reference.npz")],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=python_env(),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     arrays = dict(np.load(folder / "reference.npz"))

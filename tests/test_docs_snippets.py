@@ -1,12 +1,11 @@
 """Every Python block of the README and of docs/ runs, in order, one namespace per page, with
 weights from a local file (tests/docs_snippets.py says how, and how a block is marked to skip)."""
 
-import os
 import re
 import subprocess
 import sys
 
-from helpers import ROOT, TESTS
+from helpers import ROOT, TESTS, python_env
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
@@ -20,12 +19,11 @@ def test_every_python_block_of_the_readme_and_the_docs_runs(tmp_path):
     assert ROOT / "README.md" in pages and ROOT / "docs" / "models.md" in pages
     cache = tmp_path / "weights_cache"
     env = {
-        **os.environ,
+        **python_env(),
         "VGG_JAX_CACHE": str(cache),
         # A reader's default XLA flags: with LLVM optimisation off (conftest.py) drawing VGG16's
         # 138 million random initial weights took 4x longer.
         "XLA_FLAGS": "",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     command = [sys.executable, str(TESTS / "docs_snippets.py"), str(cache), *map(str, pages)]
     result = subprocess.run(

@@ -63,14 +63,17 @@ def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, ca
     assert report["examples"] == 48
     rows = {(r["protocol"], tuple(r["scales"])): r for r in report["results"]}
     assert set(rows) == {(p, s) for p in PROTOCOLS for s in [(32,), (48,), (32, 48)]}
-    for row in rows.values():
-        assert 0 <= row["top5_error"] <= row["top1_error"] <= 100
+    posteriors, labels = report["posteriors"], report["labels"]
+    for (protocol, scales), row in rows.items():  # each error by hand from its posteriors
+        scores = posteriors[classifier.name, protocol, scales]
+        rank = np.sum(scores > scores[np.arange(len(labels)), labels][:, None], axis=1)
+        assert row["top1_error"] == pytest.approx(100 * np.mean(rank >= 1))
+        assert row["top5_error"] == pytest.approx(100 * np.mean(rank >= 5))
     for protocol in PROTOCOLS:  # at the training scale every protocol works (4.2% measured)
         assert rows[protocol, (32,)]["top1_error"] < 15 and rows[protocol, (32,)]["top5_error"] < 5
     # Trained at one scale, it fails at another (77% centre error at Q=48 when measured): the
     # paper's case for scale jittering.
     assert rows["center", (48,)]["top1_error"] > rows["center", (32,)]["top1_error"] + 30
-    posteriors, labels = report["posteriors"], report["labels"]
     for protocol in PROTOCOLS:
         at = {
             scales: posteriors[classifier.name, protocol, scales]
@@ -173,8 +176,7 @@ def test_predict_prints_the_top_classes_by_name(trained, tmp_path, capsys):
     assert predict.main(arguments) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == str(paths[0]) and len(out) == 3 * 4
-    probabilities = [float(line.split("%")[0].split()[-1]) for line in out[1:4]]
-    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+    printed = [float(line.split("%")[0].split()[-1]) for line in out[1:4]]
     assert out[1].endswith(f"  {labels[0]} ({labels[0]})")  # the digit, by its class name
     classifier = inference.from_checkpoint(trained)
     # The centre protocol by hand: at Q=32 the 32x32 image is its own centre crop. (By
@@ -182,6 +184,8 @@ def test_predict_prints_the_top_classes_by_name(trained, tmp_path, capsys):
     images = np.stack([tf.io.decode_png(path.read_bytes()).numpy() for path in paths])
     logits = classifier.model.apply(classifier.variables, classifier.preprocess(images))
     expected = np.asarray(jax.nn.softmax(logits))
+    # The command printed the first image's three largest posteriors, in %, to 2 decimals.
+    np.testing.assert_allclose(printed, 100 * np.sort(expected[0])[::-1][:3], atol=0.0051)
     top = predict.predict(classifier, paths, scale=32, top=10)
     for classes, probabilities, label in zip(top, expected, labels, strict=True):
         by_index = {index: p for _, index, p in classes}

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, start_train_py
+from helpers import ROOT, python_env, start_train_py
 from test_faults import tiny_flags, wait_until
 
 from vgg_jax.training.checkpoints import UNREADABLE_FOLDER, Checkpoints
@@ -60,7 +60,8 @@ def python_module(module, *args):
 
 
 def run(command, timeout=300):
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env=python_env())  # fmt: skip
 
 
 def assert_nothing_lost(workdir, damaged=(), moved=False):

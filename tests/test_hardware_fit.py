@@ -15,6 +15,7 @@ from flax.training.dynamic_scale import DynamicScale
 from helpers import (
     IMAGE_SHAPE,
     TESTS,
+    python_env,
     saved_state,
     small_config,
     tiny_config,
@@ -329,6 +330,7 @@ def test_largest_batch_benchmark_prints_a_batch_that_fits_and_one_more_that_does
         text=True,
         cwd=TESTS.parent,
         timeout=600,
+        env=python_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = [row for row in result.stdout.splitlines() if row.startswith("largest batch per")]

@@ -5,14 +5,13 @@ TensorFlow is imported."""
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tomllib
 import urllib.request
 
 import pytest
-from helpers import ROOT, TESTS
+from helpers import ROOT, TESTS, python_env
 from packaging.requirements import Requirement
 
 import vgg_jax
@@ -20,7 +19,7 @@ from vgg_jax.environment import TRAINING_LIBRARIES
 from vgg_jax.perceptual import linear_weights_file
 
 HAVE_REFERENCES = all(importlib.util.find_spec(m) for m in ("torch", "torchvision", "lpips"))
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+ENV = python_env()
 HEAVY = ("jax", "flax", "orbax", "tensorflow", "tensorflow_datasets", "torch")
 
 

@@ -1,10 +1,13 @@
 """LRN against the formula evaluated directly in NumPy, and its place in A-LRN."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import apply, init
+from helpers import apply, init, python_env
 
 import vgg_jax
 
@@ -25,6 +28,30 @@ def lrn_numpy(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
 def test_lrn_matches_krizhevsky_formula(scale):
     a = scale * np.random.default_rng(0).normal(size=(2, 5, 4, 11)).astype(np.float32)
     np.testing.assert_allclose(vgg_jax.local_response_norm(a), lrn_numpy(a), rtol=1e-5)
+
+
+TORCH_LRN = """
+import sys, numpy as np, torch
+a = np.load(sys.argv[1])
+lrn = torch.nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)  # alpha times n = 5
+out = lrn(torch.from_numpy(a).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+np.save(sys.argv[2], out)
+"""
+
+
+def test_lrn_equals_torchs_local_response_norm_with_alpha_times_5(tmp_path):
+    """torch.nn.LocalResponseNorm itself (NCHW, its alpha divided by its size), in its own
+    process, on activations large enough for the normalisation to matter."""
+    a = 30 * np.random.default_rng(2).normal(size=(2, 3, 4, 9)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    completed = subprocess.run(
+        [sys.executable, "-c", TORCH_LRN, str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
+        capture_output=True, text=True, timeout=300, env=python_env(), check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    torch_out = np.load(tmp_path / "b.npy")
+    np.testing.assert_allclose(vgg_jax.local_response_norm(a), torch_out, rtol=1e-5, atol=1e-6)
+    assert np.abs(torch_out - a / 2**0.75).max() > 0.1  # the window's sum counts
 
 
 def test_lrn_with_other_constants():

@@ -3,7 +3,7 @@ depends on training code and evaluation sits on top."""
 
 import ast
 
-from helpers import ROOT
+from helpers import ROOT, python_env
 
 LAYERS = ("model", "data", "weights", "training", "evaluation")
 
@@ -43,7 +43,9 @@ def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use
         "import sys, vgg_jax; assert 'tensorflow' not in sys.modules; "
         "print(vgg_jax.inference.from_checkpoint.__module__)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "vgg_jax.evaluation.inference"
     from vgg_jax.inference import from_checkpoint  # importable by name too
@@ -68,7 +70,9 @@ def test_every_public_name_loads_from_its_module_on_first_use():
         "print(vgg_jax.evaluation.protocols.center_crop.__module__)  # submodules too\n"
         "print(hasattr(vgg_jax, 'no_such_name'), hasattr(vgg_jax.model, 'no_such_module'))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [
         "False", "True", "D", "vgg_jax.evaluation.protocols", "False", "False",

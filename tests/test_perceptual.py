@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TESTS, relative_error
+from helpers import TESTS, python_env, relative_error
 from safetensors.numpy import save_file
 
 import vgg_jax
@@ -27,7 +27,7 @@ def reference(tmp_path_factory):
     script = TESTS / "lpips_reference.py"
     completed = subprocess.run(
         [sys.executable, str(script), str(folder / "reference.npz")],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=python_env(),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     arrays = dict(np.load(folder / "reference.npz"))
@@ -295,3 +295,31 @@ def test_average_pooling_uses_the_same_weights(narrow_vgg16):
     np.testing.assert_allclose(pooled["max"]["pool1"], windows.max(axis=(2, 4)), rtol=1e-6)
     with pytest.raises(ValueError, match="pooling must be one of max, avg, l2; got 'mean'"):
         vgg_jax.vgg16(pooling="mean")
+
+
+def test_the_default_layers_are_johnson_et_als_for_style_transfer_and_gatys_are_the_papers():
+    """Johnson et al. 2016 (VGG16): style transfer compares features at relu2_2 and Grams at
+    relu1_2, relu2_2, relu3_3 and relu4_3; their super-resolution uses relu2_2 features alone.
+    The defaults follow style transfer (the content layer is the same in both). Gatys et al.
+    2016 (VGG19): content at conv4_2, style at conv1_1 ... conv5_1 weighted 1/5 each. vgg_jax's
+    convN_M is the ReLU's output, as the papers' layers are."""
+    import inspect
+
+    defaults = inspect.signature(perceptual.perceptual_loss).parameters
+    assert dict(defaults["content_layers"].default) == {"conv2_2": 1.0}
+    assert dict(defaults["style_layers"].default) == dict.fromkeys(
+        ["conv1_2", "conv2_2", "conv3_3", "conv4_3"], 1.0
+    )
+    assert dict(perceptual.GATYS_CONTENT_LAYERS) == {"conv4_2": 1.0}
+    assert dict(perceptual.GATYS_STYLE_LAYERS) == dict.fromkeys(
+        ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"], 0.2
+    )
+    assert set(defaults["style_layers"].default) <= set(vgg_jax.feature_names("D"))
+    assert set(perceptual.GATYS_STYLE_LAYERS) <= set(vgg_jax.feature_names("E"))
+    model = vgg_jax.vgg16(width=1 / 16, fc_features=8, num_classes=2)
+    x = 50 * jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
+    relu2_2, _ = model.init_with_output(
+        jax.random.key(1), x, layers=["conv2_2"], method="extract_features"
+    )  # only the layers up to conv2_2 are made
+    relu2_2 = relu2_2["conv2_2"]
+    assert float(jnp.min(relu2_2)) == 0.0 and float(jnp.max(relu2_2)) > 0.0

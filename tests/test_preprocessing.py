@@ -54,7 +54,7 @@ def test_fixed_scale_crop_is_the_crop_of_the_rescaled_image():
     encoded, image = encoded_photo(png=True)
     seed = tf.constant([4, 5])
     window_seed = pp.split_seed(seed, 3)[0]  # the draw TrainAugmentation makes first
-    top, left, size, _ = pp.scale_jitter_window([375, 500], window_seed, 224, (256, 256)).numpy()
+    top, left, _, _ = pp.scale_jitter_window([375, 500], window_seed, 224, (256, 256)).numpy()
     ours, _ = pp.TrainAugmentation(scale=(256, 256), crop=224)(encoded, seed)
     ours = tf.cast(ours, tf.float32)
     scaled = pp.rescale_smallest_side(image, 256)
@@ -209,3 +209,61 @@ def test_center_crop_and_normalize():
     np.testing.assert_array_equal(
         normalization.model_input(floats), normalization.model_input(batch)
     )
+
+
+def test_the_model_input_carries_each_images_pca_shift():
+    """model_input (what the train step feeds the model) adds each image's own shift before
+    normalising, by hand: (pixel + shift - mean) / deviation."""
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+    shifts = np.array([[10.0, -20.0, 5.0], [-7.5, 3.0, 12.0]], np.float32)
+    got = normalization.model_input({"image": images, "label": np.zeros(2), "lighting": shifts})
+    expected = (images + shifts[:, None, None, :] - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def high_frequency_image(height, width, seed=0):
+    """Independent random pixels: every resize filter shows on them."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_test_time_rescaling_is_antialiased_like_tf_image_resize():
+    """Q = 32 on a 64x80 noise image: rescale_smallest_side is tf.image.resize(antialias=True)
+    to 32x40; EvalPreprocessing's centre crop of 24 (decoded and resized as a 48-pixel window
+    of the original) is that image's centre crop, away from the window's edge, within a grey
+    level. Plain bilinear differs by tens of grey levels on such an image."""
+    image = high_frequency_image(64, 80)
+    reference = tf.image.resize(image, (32, 40), antialias=True).numpy()
+    rescaled = pp.rescale_smallest_side(tf.constant(image), 32).numpy()
+    assert rescaled.shape == (32, 40, 3)
+    np.testing.assert_allclose(rescaled, reference, atol=1e-3)
+    bilinear = tf.image.resize(image, (32, 40)).numpy()
+    assert np.abs(bilinear - reference).mean() > 10
+
+    crop = pp.EvalPreprocessing(scale=32, crop=24)(tf.io.encode_png(image)).numpy()
+    expected = np.round(reference[4:28, 8:32])  # the centre 24x24 of 32x40
+    difference = np.abs(crop.astype(np.float64) - expected)
+    assert difference[1:-1, 1:-1].max() <= 1, difference[1:-1, 1:-1].max()
+    assert difference.mean() < 1.0, difference.mean()  # 0.75 measured: the edge rows and columns
+
+
+def test_caffe_weights_subtract_the_papers_mean_pixel_in_rgb_order():
+    """Keras lists the Caffe mean pixel as BGR (103.939, 116.779, 123.68): red is 123.68."""
+    black = normalization.CAFFE_NORMALIZATION(np.zeros((1, 1, 1, 3), np.uint8))[0, 0, 0]
+    np.testing.assert_allclose(black, [-123.68, -116.779, -103.939], rtol=1e-6)
+
+
+def test_scale_jittering_draws_every_s_from_s_min_to_s_max():
+    """On a side of 224 * 512 pixels the window is 512 * 224 / S: each S shows exactly. 3,000
+    draws of S in [256, 512] (257 values) meet every one, the ends included."""
+    side = 224 * 512
+    draws = tf.stack([tf.fill([3000], 9), tf.range(3000)], axis=1)
+
+    @tf.function
+    def windows(draws):
+        def window(seed):
+            return pp.scale_jitter_window([side, side], seed, 224, (256, 512))
+
+        return tf.map_fn(window, draws, fn_output_signature=tf.int32)
+
+    implied = {round(224 * side / int(w)) for w in windows(draws)[:, 2].numpy()}
+    assert implied == set(range(256, 513))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import relative_error
+from helpers import python_env, relative_error
 
 import vgg_jax
 from vgg_jax.data.normalization import CAFFE_NORMALIZATION, IMAGENET_NORMALIZATION
@@ -58,7 +58,7 @@ def torchvision_references(tmp_path_factory):
     script = pathlib.Path(__file__).with_name("torchvision_reference.py")
     completed = subprocess.run(
         [sys.executable, str(script), str(out), *TORCHVISION_MODELS_COMPARED],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=python_env(),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     return {name: out / f"{name}.npz" for name in TORCHVISION_MODELS_COMPARED}
@@ -280,7 +280,7 @@ def test_predict_reads_a_pth_file_and_gives_pytorchs_probabilities(
     weights = reference.with_suffix(".pth")
     command = [sys.executable, "-m", "vgg_jax.predict", f"--weights={weights}", "--model=vgg11_bn",
                "--top=3", str(image)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=python_env())
     assert result.returncode == 0, result.stderr[-3000:]
     expected = np.load(reference.with_suffix(".grey.npy"))
     names = vgg_jax.imagenet_class_names()
@@ -338,3 +338,62 @@ def test_registry_and_class_names():
             f"{name}_weights_tf_dim_ordering_tf_kernels.h5"
         )
         assert weights.preprocessing == CAFFE_NORMALIZATION
+
+
+CACHE_PROBE = """
+import importlib, os, sys
+from vgg_jax.weights import pretrained
+
+def where_offline():
+    try:
+        pretrained.weights_file(pretrained.WEIGHTS["vgg16.tv_in1k"], download=False)
+    except FileNotFoundError as error:
+        print(str(error).split(" and put it at ")[1].split(",")[0])
+
+where_offline()  # with $VGG_JAX_CACHE
+del os.environ["VGG_JAX_CACHE"]
+os.environ["HOME"] = sys.argv[1]
+where_offline()  # the module as imported: the cache was read once, at import
+importlib.reload(pretrained)
+where_offline()  # without $VGG_JAX_CACHE: ~/.cache/vgg_jax
+"""
+
+
+def test_the_weights_cache_is_vgg_jax_cache_else_the_home_folders(tmp_path):
+    env = {**python_env(), "VGG_JAX_CACHE": str(tmp_path / "mine")}
+    result = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(tmp_path / "home")],
+                            capture_output=True, text=True, env=env, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    mine, still_mine, home = result.stdout.split()
+    assert mine == still_mine == str(tmp_path / "mine" / "vgg16-397923af.pth")
+    assert home == str(tmp_path / "home" / ".cache" / "vgg_jax" / "vgg16-397923af.pth")
+
+
+@pytest.mark.parametrize(
+    "device_picks, asked, computes",
+    [
+        (jnp.float16, "auto", jnp.float32),  # a V100 or T4: weights never checked in float16
+        (jnp.bfloat16, "auto", jnp.bfloat16),  # bfloat16 where it is native
+        (jnp.float16, "float16", jnp.float16),  # asked for by name: as asked
+        (jnp.float32, "bfloat16", jnp.bfloat16),
+    ],
+)
+def test_from_weights_never_picks_float16_itself(
+    device_picks, asked, computes, monkeypatch, tmp_path
+):
+    from vgg_jax.evaluation import inference
+    from vgg_jax.model import dtypes
+
+    monkeypatch.setattr(dtypes, "auto_dtype", lambda device=None: (device_picks, "a test"))
+    built = []
+
+    def model_from_file(path, model, **options):
+        built.append(options)
+        network = vgg_jax.vgg11(width=1 / 16, fc_features=8, **options)
+        return network, {}, IMAGENET_NORMALIZATION
+
+    monkeypatch.setattr(pretrained, "model_from_file", model_from_file)
+    (tmp_path / "vgg11.safetensors").write_bytes(b"read by the stand-in above, not here")
+    classifier = inference.from_weights(str(tmp_path / "vgg11.safetensors"), "vgg11", dtype=asked)
+    assert built == [{"dtype": computes}]
+    assert classifier.model.dtype == computes

@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from helpers import images, init, relative_error
 
 import vgg_jax
 from vgg_jax.data import sources
 from vgg_jax.data.evaluation_data import rescaled_batches, rescaled_image, trim_to_bucket
+from vgg_jax.data.pipeline import encoded_examples
 from vgg_jax.evaluation import protocols
 from vgg_jax.training.metrics import top_k_errors
 
@@ -144,3 +146,118 @@ def test_images_of_many_sizes_make_few_batch_shapes(tmp_path):
     for batch in batches:
         posteriors(variables, batch["image"].astype(np.float32))
     assert posteriors._cache_size() == 2
+
+
+def softmax(scores):
+    scores = np.asarray(scores, np.float64)
+    exp = np.exp(scores - scores.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
+
+
+def peaked(variables, factor=30.0):
+    """The variables with FC8 scaled up: posteriors far from uniform, so that views differ."""
+    fc8 = {**variables["params"]["fc8"], "kernel": factor * variables["params"]["fc8"]["kernel"]}
+    return {"params": {**variables["params"], "fc8": fc8}}
+
+
+def dense_scores_by_hand(variables, pool5):
+    """The dense head written out: FC6 as a valid convolution with its 2x2 window, FC7 and
+    FC8 at every position, the class-score map averaged (before the softmax, as the paper)."""
+    params = {
+        name: jax.tree.map(np.asarray, params) for name, params in variables["params"].items()
+    }
+    fc6, fc7, fc8 = params["fc6"], params["fc7"], params["fc8"]
+    height, width = pool5.shape[1] - 1, pool5.shape[2] - 1  # a 2x2 window, stride 1
+    scores = []
+    for i in range(height):
+        for j in range(width):
+            window = pool5[:, i : i + 2, j : j + 2, :]
+            hidden = np.einsum("nhwc,hwcf->nf", window, fc6["kernel"]) + fc6["bias"]
+            hidden = np.maximum(np.maximum(hidden, 0) @ fc7["kernel"] + fc7["bias"], 0)
+            scores.append(hidden @ fc8["kernel"] + fc8["bias"])
+    return np.mean(scores, axis=0)
+
+
+def test_each_protocol_equals_its_reference_computed_by_hand():
+    """Every protocol through protocol_posteriors (what evaluate runs) on 82x98 images with a
+    64-pixel crop, against crops cut by hand at offsets written out here (evenly spread,
+    rounded to the nearest pixel), the classic model's softmax of each view, and the dense head
+    by hand on the conv features."""
+    model, variables = small_model(64, seed=3)
+    variables = peaked(variables)
+    x = np.asarray(images((2, 82, 98, 3), seed=6))
+    out = jax.jit(
+        lambda v, x: protocols.protocol_posteriors(model, v, x, protocols.PROTOCOLS, crop=64)
+    )(variables, x)
+
+    def posteriors(views):
+        return softmax(model.apply(variables, np.ascontiguousarray(views)))
+
+    centre = posteriors(x[:, 9:73, 17:81])
+    np.testing.assert_allclose(out["center"], centre, rtol=1e-4, atol=1e-6)
+
+    views = []
+    for top in (0, 4, 9, 14, 18):  # 18 * k / 4, rounded (4.5 -> 4, 13.5 -> 14)
+        for left in (0, 8, 17, 26, 34):  # 34 * k / 4, rounded (8.5 -> 8, 25.5 -> 26)
+            crop = x[:, top : top + 64, left : left + 64]
+            views += [posteriors(crop), posteriors(crop[:, :, ::-1])]  # and its mirror
+    multi_crop = np.mean(views, axis=0)
+    np.testing.assert_allclose(out["multi_crop"], multi_crop, rtol=1e-4, atol=1e-6)
+    unmirrored = np.mean(views[::2], axis=0)
+    assert np.abs(multi_crop - unmirrored).max() > 3e-3  # 50x the tolerance above
+
+    def dense(images):
+        pool5 = model.apply(variables, images, layers=["pool5"], method="extract_features")
+        return softmax(dense_scores_by_hand(variables, np.asarray(pool5["pool5"], np.float64)))
+
+    dense_posteriors = (dense(x) + dense(x[:, :, ::-1])) / 2
+    np.testing.assert_allclose(out["dense"], dense_posteriors, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        out["dense+multi_crop"], (dense_posteriors + multi_crop) / 2, rtol=1e-4, atol=1e-6
+    )
+    # The references tell the protocols apart: each differs from the others.
+    assert min(np.abs(a - b).max() for a, b in
+               [(centre, multi_crop), (centre, dense_posteriors), (dense_posteriors, multi_crop)]
+               ) > 1e-2  # fmt: skip
+
+
+def test_multi_scale_posteriors_average_each_scales_by_hand(tmp_path):
+    """evaluate at Q = 32 and 48 on square PNGs: each scale's centre posteriors are those of
+    the image resized by tf.image.resize(antialias=True), rounded to pixels, centre-cropped
+    and normalised here; the multi-scale posteriors are their mean."""
+    from vgg_jax.data.normalization import normalize
+    from vgg_jax.evaluation.evaluate import evaluate
+    from vgg_jax.evaluation.inference import Classifier
+
+    model, variables = small_model(32, seed=4)
+    variables = peaked(variables)
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
+    files = [tf.io.encode_png(image).numpy() for image in pixels]
+    for i, encoded in enumerate(files):
+        folder = tmp_path / "photos" / "test" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encoded)
+    classifier = Classifier(name="tiny", model=model, variables=variables, preprocess=normalize,
+                            class_names=tuple("abcdefg"), dataset="photos", data_dir="",
+                            eval_split="test", eval_scale=32)  # fmt: skip
+    builder = sources.get_builder(str(tmp_path / "photos"))
+    report = evaluate([classifier], builder, "test", ["center"], scales=[32, 48], batch_size=4,
+                      progress=False, keep_posteriors=True)  # fmt: skip
+    # Which of our images each row of the report is (its examples in the split's order).
+    order = [
+        files.index(e["image"]) for e in tfds.as_numpy(encoded_examples(builder, "test", False))
+    ]
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    by_scale = {}
+    for q in (32, 48):
+        resized = np.round(tf.image.resize(pixels, (q, q), antialias=True).numpy())
+        start = (q - 32) // 2
+        crops = (resized[:, start : start + 32, start : start + 32] - mean) / std
+        by_scale[q] = softmax(model.apply(variables, crops.astype(np.float32)))
+        got = report["posteriors"]["tiny", "center", (q,)]
+        np.testing.assert_allclose(got, by_scale[q][order], rtol=1e-4, atol=1e-6)
+    both = report["posteriors"]["tiny", "center", (32, 48)]
+    expected = (by_scale[32] + by_scale[48]) / 2
+    np.testing.assert_allclose(both, expected[order], rtol=1e-4, atol=1e-6)
+    assert np.abs(by_scale[32] - by_scale[48]).max() > 1e-2  # two different scales

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from helpers import TESTS
+from helpers import TESTS, python_env
 
 from vgg_jax import perceptual
 from vgg_jax.weights import convert, pretrained, torch_files
@@ -36,7 +36,7 @@ def references(tmp_path_factory):
     folder = tmp_path_factory.mktemp("torch_files")
     completed = subprocess.run(
         [sys.executable, str(TESTS / "torch_files_reference.py"), str(folder)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=python_env(),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     return folder, json.loads((folder / "payloads.json").read_text())

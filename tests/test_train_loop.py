@@ -10,7 +10,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from helpers import run_train_py, tiny_config
+from helpers import run_train_py, saved_state, tiny_config
 
 from vgg_jax.training import reports
 from vgg_jax.training.checkpoints import Checkpoints
@@ -30,6 +30,42 @@ def test_checkpoints_keep_the_latest_and_the_best(uninterrupted_run):
     assert record["step"] == 22 and summary["best_step"] == 22
     assert record["metrics"]["top1_accuracy"] == summary["best_top1_accuracy"]
     assert record["config"]["width"] == 1 / 16
+
+
+def test_the_recorded_evaluation_is_the_mean_over_the_split_by_hand(uninterrupted_run, digits_dir):
+    """The evaluation at step 22 recomputed from its checkpoint: every test image once through
+    the model, then the loss (-log softmax at the label) and the top-1 and top-5 hits (classes
+    scoring strictly higher than the label) in NumPy, averaged over the images."""
+    from vgg_jax.data import pipeline, sources
+    from vgg_jax.data.normalization import normalize
+    from vgg_jax.model.vgg import model_from_config
+
+    workdir, _ = uninterrupted_run
+    config = tiny_config(digits_dir)
+    builder = sources.get_builder(config.dataset, digits_dir)
+    model = model_from_config(config, builder.info.features["label"].num_classes)
+    variables = {"params": saved_state(workdir, 22)["params"]}
+    preprocessing = pipeline.eval_preprocessing_from_config(config)
+    apply = jax.jit(lambda images: model.apply(variables, normalize(images)))
+    logits, labels = [], []
+    for batch in pipeline.eval_batches(builder, config.eval_split, 128, preprocessing):
+        real = batch["mask"].reshape(-1) > 0  # every batch padded to one shape: one compile
+        images = batch["image"].reshape(-1, *batch["image"].shape[-3:])
+        logits.append(np.asarray(apply(images), np.float64)[real])
+        labels.append(batch["label"].reshape(-1)[real])
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    at_label = logits[np.arange(len(labels)), labels]
+    top = logits.max(axis=1)
+    losses = np.log(np.exp(logits - top[:, None]).sum(axis=1)) + top - at_label
+    rank = np.sum(logits > at_label[:, None], axis=1)
+    store = Checkpoints(workdir / "checkpoints", read_only=True)
+    recorded = store.record(22)["metrics"]
+    store.close()
+    assert len(labels) == builder.info.splits[config.eval_split].num_examples
+    assert recorded["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    assert recorded["top1_accuracy"] == pytest.approx(np.mean(rank < 1))
+    assert recorded["top5_accuracy"] == pytest.approx(np.mean(rank < 5))
+    assert np.mean(rank < 1) < np.mean(rank < 5) < 1  # the three figures differ
 
 
 @pytest.mark.parametrize("metrics_file", ["missing", "damaged"])
@@ -246,6 +282,26 @@ def test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk(
     written = (tmp_path / "summary.json").read_text()
     assert train_and_evaluate(config, tmp_path) == json.loads(written)
     assert (tmp_path / "summary.json").read_text() == written
+    # The paper's decay, fed the scripted errors (0.5, 0.1, 0.3, 0.2, 0.1, 0.4) with patience
+    # 2: the rate (0.4) divided by 10 at the 4th and the 6th evaluation, logged there, and in
+    # the state the devices trained with (the checkpoint's).
+    rates = logged_scalars(tmp_path / "tensorboard", "train/learning_rate")
+    at_evaluations = [rates[epoch * steps_per_epoch] for epoch in range(1, 7)]
+    np.testing.assert_allclose(at_evaluations, [0.4, 0.4, 0.4, 0.04, 0.04, 0.004], rtol=1e-6)
+    assert saved_state(tmp_path)["plateau"]["scale"] == pytest.approx(0.01)
+
+
+def logged_scalars(folder, tag) -> dict[int, float]:
+    """{step: value} of a TensorBoard tag over a run's event files, the last write winning."""
+    import tensorflow as tf
+
+    values = {}
+    for events in sorted(folder.glob("events.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
 
 
 def test_a_resumed_run_takes_its_steps_from_the_compilation_cache(digits_dir, tmp_path):

@@ -1,7 +1,6 @@
 """The training library: pmapped steps, optimiser, schedules, checkpoints, the training loop."""
 
 import functools
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from helpers import (
     flat_arrays,
     free_port,
     global_batches,
+    python_env,
     relative_error,
     small_config,
     small_training_setup,
@@ -86,7 +86,7 @@ def test_dropout_masks_differ_between_devices_and_steps():
 def test_two_processes_equal_one_process_with_four_devices(tmp_path):
     """Two processes x 2 CPU devices (gloo on 127.0.0.1) train like one with 4 devices."""
     port, out = str(free_port()), tmp_path / "params.npz"
-    env = {**os.environ, "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{TESTS}"}  # this checkout
+    env = python_env(None, TESTS)
     workers = [
         subprocess.Popen(
             [sys.executable, str(TESTS / "distributed_worker.py"), str(i), port, str(out)],
