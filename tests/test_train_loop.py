@@ -38,17 +38,17 @@ def test_the_recorded_evaluation_is_the_mean_over_the_split_by_hand(uninterrupte
     scoring strictly higher than the label) in NumPy, averaged over the images."""
     from vgg_jax.data import pipeline, sources
     from vgg_jax.data.normalization import normalize
-    from vgg_jax.model.vgg import model_from_config
+    from vgg_jax.training.sections import read_config
 
     workdir, _ = uninterrupted_run
-    config = tiny_config(digits_dir)
-    builder = sources.get_builder(config.dataset, digits_dir)
-    model = model_from_config(config, builder.info.features["label"].num_classes)
+    config = read_config(tiny_config(digits_dir))
+    builder = sources.get_builder(config.data.dataset, digits_dir)
+    model = config.model.build(builder.info.features["label"].num_classes)
     variables = {"params": saved_state(workdir, 22)["params"]}
-    preprocessing = pipeline.eval_preprocessing_from_config(config)
+    preprocessing = pipeline.eval_preprocessing_from_config(config.data)
     apply = jax.jit(lambda images: model.apply(variables, normalize(images)))
     logits, labels = [], []
-    for batch in pipeline.eval_batches(builder, config.eval_split, 128, preprocessing):
+    for batch in pipeline.eval_batches(builder, config.data.eval_split, 128, preprocessing):
         real = batch["mask"].reshape(-1) > 0  # every batch padded to one shape: one compile
         images = batch["image"].reshape(-1, *batch["image"].shape[-3:])
         logits.append(np.asarray(apply(images), np.float64)[real])
@@ -61,7 +61,7 @@ def test_the_recorded_evaluation_is_the_mean_over_the_split_by_hand(uninterrupte
     store = Checkpoints(workdir / "checkpoints", read_only=True)
     recorded = store.record(22)["metrics"]
     store.close()
-    assert len(labels) == builder.info.splits[config.eval_split].num_examples
+    assert len(labels) == builder.info.splits[config.data.eval_split].num_examples
     assert recorded["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
     assert recorded["top1_accuracy"] == pytest.approx(np.mean(rank < 1))
     assert recorded["top5_accuracy"] == pytest.approx(np.mean(rank < 5))
