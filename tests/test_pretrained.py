@@ -76,12 +76,24 @@ def test_torchvision_models_give_the_same_logits(name, torchvision_references):
     assert relative_error(dense, reference["logits"]) < 1e-5
 
 
-@pytest.mark.skipif(not HAVE_KERAS, reason="keras is not installed")
-@pytest.mark.parametrize("name", ["vgg16", "vgg19"])
-def test_keras_models_give_the_same_logits(name, tmp_path):
+@pytest.fixture
+def keras_seeded():
+    """keras with its random seed set, and TensorFlow's global seed cleared afterwards: the
+    global seed changes every later tf.data shuffle in this process, the training pipeline's
+    included, which made in-process training differ from train.py's in the tests that ran
+    after this one on the same worker."""
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
+    yield keras
+    tf.random.set_seed(None)
+
+
+@pytest.mark.skipif(not HAVE_KERAS, reason="keras is not installed")
+@pytest.mark.parametrize("name", ["vgg16", "vgg19"])
+def test_keras_models_give_the_same_logits(name, tmp_path, keras_seeded):
+    keras = keras_seeded
     builder = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}[name]
     reference = builder(weights=None, classifier_activation=None)
     # The published file's layout (Keras 2 h5): layer_names, and weight_names per layer.
