@@ -78,10 +78,9 @@ def test_torchvision_models_give_the_same_logits(name, torchvision_references):
 
 @pytest.fixture
 def keras_seeded():
-    """keras with its random seed set, and TensorFlow's global seed cleared afterwards: the
-    global seed changes every later tf.data shuffle in this process, the training pipeline's
-    included, which made in-process training differ from train.py's in the tests that ran
-    after this one on the same worker."""
+    """keras with its random seed set, and TensorFlow's global seed cleared afterwards, so no
+    later test on this worker inherits it (the training pipeline's order no longer depends on
+    it: test_input_pipeline checks that)."""
     import keras
     import tensorflow as tf
 

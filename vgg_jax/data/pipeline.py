@@ -94,6 +94,31 @@ def encoded_examples(builder, split: str, drop_remainder: bool) -> tf.data.Datas
     return ds.enumerate().map(named)
 
 
+# tf.data's seed for a graph without a global seed (tensorflow/python/framework/random_seed.py).
+_UNSEEDED_GRAPH_SEED = 87_654_321
+
+
+def shuffled_by_seed(ds: tf.data.Dataset, buffer_size: int, seed: int) -> tf.data.Dataset:
+    """`ds.shuffle(buffer_size, seed, reshuffle_each_iteration=False)` as it orders examples when
+    TensorFlow has no global seed, whatever `tf.random.set_seed` the caller made.
+
+    Dataset.shuffle pairs its seed with the global one, so a user's `tf.random.set_seed` would
+    change the order, and a run resumed in that process would not see the batches the
+    uninterrupted one saw. The public raw op takes both seeds explicitly."""
+    flat_specs = tf.nest.flatten(ds.element_spec)
+    variant = tf.raw_ops.ShuffleDataset(
+        input_dataset=tf.data.experimental.to_variant(ds),
+        buffer_size=tf.constant(buffer_size, tf.int64),
+        seed=tf.constant(_UNSEEDED_GRAPH_SEED, tf.int64),
+        seed2=tf.constant(seed % (2**31 - 1), tf.int64),  # as Dataset.shuffle truncates it
+        reshuffle_each_iteration=False,
+        output_types=[spec.dtype for spec in flat_specs],
+        output_shapes=[spec.shape for spec in flat_specs],
+    )
+    shuffled = tf.data.experimental.from_variant(variant, ds.element_spec)
+    return shuffled.with_options(ds.options())
+
+
 def drop_malformed(ds: tf.data.Dataset, skipped: SkippedImages) -> tf.data.Dataset:
     def keep(*args):
         example = args[-1]
@@ -237,7 +262,7 @@ def train_batches(
     epoch_seed = seed * 100_003 + epoch
     batch_size = local_batch_size(global_batch_size)
     ds = encoded_examples(builder, split, drop_remainder=True)
-    ds = ds.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = shuffled_by_seed(ds, shuffle_buffer_size, epoch_seed)
     # A second pass over the same order tops the epoch up to its full count of batches when
     # bad files were dropped; positions (and so every random draw) are the same either way.
     ds = ds.enumerate().repeat(2).skip(skip_batches * batch_size)
