@@ -3,7 +3,7 @@ docs/performance.md, on this machine, and prints each beside the machine it ran 
 
 - the default run (`python train.py`): test top-1/top-5 and the time of the whole command, and
   the time to the end of its first step, over several seeds (their spread);
-- the paper's test protocols on each of those runs (`python -m vgg_jax.evaluate`, Q = 32);
+- the paper's test protocols on each of those runs (`python -m vgg_jax.cli.evaluate`, Q = 32);
 - the input pipelines' images/s on 1 and all cores, against torchvision's, on one JPEG size
   and on ImageNet-like sizes (python -m benchmarks.input_pipeline --compare-torch [--size-mix]).
 
@@ -67,7 +67,7 @@ def spread(values) -> str:
 def protocol_errors(workdir: str) -> dict[str, float]:
     """{protocol: top-1 error %} of a run's latest checkpoint at Q = 32."""
     output = pathlib.Path(workdir) / "evaluation.json"
-    command = [sys.executable, "-m", "vgg_jax.evaluate", f"--workdir={workdir}", "--scales=32",
+    command = [sys.executable, "-m", "vgg_jax.cli.evaluate", f"--workdir={workdir}", "--scales=32",
                f"--protocols={','.join(PROTOCOLS)}", f"--output={output}"]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if completed.returncode != 0:
@@ -95,7 +95,7 @@ def default_runs(seeds: list[int]) -> None:
           f"{spread(r['seconds'] for r in rows)} s; first step "
           f"{spread(r['seconds_to_first_step'] for r in rows)} s")  # fmt: skip
 
-    print("\n## Test protocols on those runs: python -m vgg_jax.evaluate --scales=32\n")
+    print("\n## Test protocols on those runs: python -m vgg_jax.cli.evaluate --scales=32\n")
     print("| seed | " + " | ".join(f"{p} top-1 error %" for p in PROTOCOLS) + " |")
     print("|---" * (len(PROTOCOLS) + 1) + "|", flush=True)
     errors = []

@@ -1,5 +1,5 @@
-"""Evaluating and predicting with trained models: `python -m vgg_jax.evaluate` and
-`python -m vgg_jax.predict` on a small VGG-A trained here on the embedded digits, and the
+"""Evaluating and predicting with trained models: `python -m vgg_jax.cli.evaluate` and
+`python -m vgg_jax.cli.predict` on a small VGG-A trained here on the embedded digits, and the
 paper's warm start through the trainer."""
 
 import json
@@ -11,7 +11,9 @@ import tensorflow as tf
 from helpers import digits_config, flat_arrays
 from sklearn.datasets import load_digits
 
-from vgg_jax import evaluate, predict
+from vgg_jax.cli import evaluate as evaluate_command
+from vgg_jax.cli import predict as predict_command
+from vgg_jax.evaluation import on_dataset, on_files
 from vgg_jax.data import sources
 from vgg_jax.evaluation import inference
 from vgg_jax.evaluation.protocols import PROTOCOLS
@@ -44,8 +46,10 @@ def test_evaluation_names_and_counts_the_images_it_skips(trained, tmp_path, capl
 
     builder = sources.get_builder(str(make_folder(tmp_path / "pets")))
     with caplog.at_level("WARNING", logger="vgg_jax"):
-        report = evaluate.evaluate([inference.from_checkpoint(trained)], builder, "train",
-                                   ["center"], scales=[32], batch_size=8, progress=False)  # fmt: skip
+        report = on_dataset.evaluate(
+            [inference.from_checkpoint(trained)], builder, "train", ["center"], scales=[32],
+            batch_size=8, progress=False,
+        )  # fmt: skip
     assert sorted(name.rsplit("/", 1)[-1] for name in report["skipped_images"]) == BAD_FILES
     warnings = [r.getMessage() for r in caplog.records if r.name == "vgg_jax"]
     assert len(warnings) == 1 and warnings[0].startswith(f"Skipped {len(BAD_FILES)} images of train")
@@ -56,7 +60,7 @@ def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, ca
     classifier = inference.from_checkpoint(trained)
     assert classifier.class_names == tuple(str(d) for d in range(10))
     builder = sources.get_builder("digits", classifier.data_dir)
-    report = evaluate.evaluate(
+    report = on_dataset.evaluate(
         [classifier], builder, "test[:48]", PROTOCOLS, scales=[32, 48], batch_size=16,
         progress=False, keep_posteriors=True,
     )  # fmt: skip
@@ -82,7 +86,7 @@ def test_each_protocol_runs_end_to_end_and_scales_average_posteriors(trained, ca
         np.testing.assert_allclose(at[32, 48], (at[32,] + at[48,]) / 2, rtol=1e-6)
         errors = top_k_errors(at[32, 48], labels)
         assert rows[protocol, (32, 48)]["top1_error"] == errors[1]
-    print(evaluate.format_table(report))
+    print(on_dataset.format_table(report))
     assert "| dense+multi_crop | 32, 48 |" in capsys.readouterr().out
 
 
@@ -91,7 +95,7 @@ def test_an_ensemble_averages_its_members_posteriors(trained):
     of theirs, not the softmax of their mean logits nor the first member's."""
     first, last = (inference.from_checkpoint(trained, step) for step in (44, 132))
     builder = sources.get_builder("digits", first.data_dir)
-    report = evaluate.evaluate(
+    report = on_dataset.evaluate(
         [first, last], builder, "test[:32]", ["dense"], [32], 16, progress=False,
         keep_posteriors=True,
     )  # fmt: skip
@@ -107,7 +111,7 @@ def test_an_ensemble_averages_its_members_posteriors(trained):
 
 def test_evaluate_command_writes_the_table_and_json(trained, tmp_path, capsys):
     output = tmp_path / "results.json"
-    code = evaluate.main([
+    code = evaluate_command.main([
         f"--workdir={trained}", "--protocols=center,dense", "--scales=32",
         "--split=test[:32]", "--batch_size=8", f"--output={output}",
     ])  # fmt: skip
@@ -124,7 +128,7 @@ def test_evaluate_prints_the_table_even_when_the_results_cannot_be_written(
 ):
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")
-    code = evaluate.main([
+    code = evaluate_command.main([
         f"--workdir={trained}", "--protocols=center", "--scales=32", "--split=test[:8]",
         f"--output={blocked / 'evaluation.json'}",
     ])  # fmt: skip
@@ -147,12 +151,12 @@ def test_evaluate_prints_the_table_even_when_the_results_cannot_be_written(
     ],
 )
 def test_evaluate_command_explains_bad_requests(trained, args, message, capsys):
-    assert evaluate.main([f"--workdir={trained}", "--split=test[:8]", *args]) == 1
+    assert evaluate_command.main([f"--workdir={trained}", "--split=test[:8]", *args]) == 1
     assert message in capsys.readouterr().err
 
 
 def test_evaluate_command_without_a_checkpoint_says_so(tmp_path, capsys):
-    assert evaluate.main([f"--workdir={tmp_path / 'nothing'}"]) == 1
+    assert evaluate_command.main([f"--workdir={tmp_path / 'nothing'}"]) == 1
     assert "No checkpoints in" in capsys.readouterr().err
 
 
@@ -173,7 +177,7 @@ def write_digit_images(folder, count=3):
 def test_predict_prints_the_top_classes_by_name(trained, tmp_path, capsys):
     paths, labels = write_digit_images(tmp_path, count=8)
     arguments = [*map(str, paths[:3]), f"--workdir={trained}", "--top=3", "--scale=32"]
-    assert predict.main(arguments) == 0
+    assert predict_command.main(arguments) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == str(paths[0]) and len(out) == 3 * 4
     printed = [float(line.split("%")[0].split()[-1]) for line in out[1:4]]
@@ -186,7 +190,7 @@ def test_predict_prints_the_top_classes_by_name(trained, tmp_path, capsys):
     expected = np.asarray(jax.nn.softmax(logits))
     # The command printed the first image's three largest posteriors, in %, to 2 decimals.
     np.testing.assert_allclose(printed, 100 * np.sort(expected[0])[::-1][:3], atol=0.0051)
-    top = predict.predict(classifier, paths, scale=32, top=10)
+    top = on_files.predict(classifier, paths, scale=32, top=10)
     for classes, probabilities, label in zip(top, expected, labels, strict=True):
         by_index = {index: p for _, index, p in classes}
         np.testing.assert_allclose([by_index[i] for i in range(10)], probabilities, atol=1e-5)
@@ -194,7 +198,7 @@ def test_predict_prints_the_top_classes_by_name(trained, tmp_path, capsys):
         assert [p for _, _, p in classes] == sorted(by_index.values(), reverse=True)
         assert all(name == str(index) for name, index, _ in classes)
     assert sum(classes[0][1] == label for classes, label in zip(top, labels)) >= 7
-    for classes in predict.predict(classifier, paths, dense=True, top=10):
+    for classes in on_files.predict(classifier, paths, dense=True, top=10):
         assert sorted(index for _, index, _ in classes) == list(range(10))
         assert sum(p for _, _, p in classes) == pytest.approx(1.0, abs=1e-5)
 
@@ -203,9 +207,9 @@ def test_predict_refuses_a_file_that_is_not_an_image(trained, tmp_path, capsys):
     paths, _ = write_digit_images(tmp_path, count=1)
     fake = tmp_path / "notes.jpg"
     fake.write_text("not a picture")
-    assert predict.main([str(paths[0]), str(fake), f"--workdir={trained}"]) == 1
+    assert predict_command.main([str(paths[0]), str(fake), f"--workdir={trained}"]) == 1
     assert f"{fake} is not a JPEG or PNG image" in capsys.readouterr().err
-    assert predict.main([str(tmp_path / "missing.png"), f"--workdir={trained}"]) == 1
+    assert predict_command.main([str(tmp_path / "missing.png"), f"--workdir={trained}"]) == 1
     assert "No image file at" in capsys.readouterr().err
 
 

@@ -1,5 +1,5 @@
 """The fault matrix: each failure a user can meet around a finished run, through the real
-command (train.py, python -m vgg_jax.evaluate or .predict) in a process. Every case asserts
+command (train.py, python -m vgg_jax.cli.evaluate or .predict) in a process. Every case asserts
 the exit code, the one message on the console (and no traceback there), and that no completed
 work was lost: every checkpoint that was not damaged still restores and matches its digest,
 and a damaged one is kept (moved aside), never deleted.
@@ -96,7 +96,7 @@ def an_image(tmp_path) -> pathlib.Path:
     return path
 
 
-EVALUATE = ("vgg_jax.evaluate", "--split=test[:32]", "--batch_size=8")
+EVALUATE = ("vgg_jax.cli.evaluate", "--split=test[:32]", "--batch_size=8")
 
 
 def damage_a_record(workdir, step):
@@ -153,7 +153,7 @@ CASES = {
         "Checkpoint at step 30 in {w}/checkpoints is unreadable", (30,),
     ),
     "truncated data: predict falls back, no event-loop tracebacks": (
-        truncate_data, ["vgg_jax.predict", "--workdir={w}", "{image}"], 0,
+        truncate_data, ["vgg_jax.cli.predict", "--workdir={w}", "{image}"], 0,
         "Checkpoint at step 30 in {w}/checkpoints is unreadable", (30,),
     ),
     "values changed: training resumes from the one before": (
@@ -199,7 +199,8 @@ CASES = {
         (30,),
     ),
     "a damaged record in a checkpoint that is not the best: predict's best still loads": (
-        damage_a_record, ["vgg_jax.predict", "--workdir={w}", "--checkpoint=best", "{image}"], 0,
+        damage_a_record,
+        ["vgg_jax.cli.predict", "--workdir={w}", "--checkpoint=best", "{image}"], 0,
         "Checkpoint at step 30 in {w}/checkpoints has an unreadable record (UnicodeDecodeError",
         (30,),
     ),
@@ -209,7 +210,7 @@ CASES = {
         "readable), best (by validation top-1) or a step number.", (),
     ),
     "an unknown --checkpoint: says what is accepted (predict)": (
-        None, ["vgg_jax.predict", "--workdir={w}", "--checkpoint=lastest", "{image}"], 2,
+        None, ["vgg_jax.cli.predict", "--workdir={w}", "--checkpoint=lastest", "{image}"], 2,
         "error: argument --checkpoint: 'lastest' is not a checkpoint", (),
     ),
     "a finished summary without checkpoints: refuses to start over": (

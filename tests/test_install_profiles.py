@@ -86,14 +86,14 @@ HELP = [
     ["train.py", "--help"],
     ["train.py", "--config=vgg_jax/configs/imagenet_fine_tune.py", "--help"],
     ["vgg_jax", "--help"],
-    ["vgg_jax.evaluate", "--help"],
-    ["vgg_jax.predict", "--help"],
+    ["vgg_jax.cli.evaluate", "--help"],
+    ["vgg_jax.cli.predict", "--help"],
 ]
 ARGUMENT_ERRORS = [
     ["train.py", "--no_such_flag"],
     ["vgg_jax", "--width=wide"],
-    ["vgg_jax.evaluate", "--scales=big"],
-    ["vgg_jax.predict", "cat.jpg"],
+    ["vgg_jax.cli.evaluate", "--scales=big"],
+    ["vgg_jax.cli.predict", "cat.jpg"],
 ]
 
 
@@ -119,7 +119,7 @@ def test_a_base_install_names_the_train_extra(tmp_path):
         "    import vgg_jax.data.pipeline\n"
         "except ImportError as error:\n"
         "    print('pipeline:', error)\n"
-        "from vgg_jax.predict import main\n"
+        "from vgg_jax.cli.predict import main\n"
         f"print('predict returned', main([{str(tmp_path / 'cat.jpg')!r}, '--weights=x.pth']))\n"
         "import runpy\n"
         "sys.argv = ['train.py']\n"

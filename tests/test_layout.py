@@ -5,7 +5,7 @@ import ast
 
 from helpers import ROOT, python_env
 
-LAYERS = ("model", "data", "weights", "training", "evaluation")
+LAYERS = ("model", "data", "weights", "training", "evaluation", "cli")
 
 
 def imported_subpackages(path) -> set[str]:
@@ -48,9 +48,32 @@ def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "vgg_jax.evaluation.inference"
-    from vgg_jax.inference import from_checkpoint  # importable by name too
+    import vgg_jax
+    from vgg_jax.evaluation import inference
 
-    assert from_checkpoint.__module__ == "vgg_jax.evaluation.inference"
+    assert vgg_jax.inference is inference and "inference" in dir(vgg_jax)
+
+
+def test_no_module_name_on_two_floors():
+    """A name says which module it is: none repeats across the package's folders (the commands
+    live in vgg_jax/cli/, their work in vgg_jax/evaluation/)."""
+    folders = {}
+    for path in sorted((ROOT / "vgg_jax").rglob("*.py")):
+        if path.name not in ("__init__.py", "__main__.py"):
+            folders.setdefault(path.stem, []).append(str(path.parent.relative_to(ROOT)))
+    assert {name: found for name, found in folders.items() if len(found) > 1} == {}
+
+
+def test_each_installed_command_is_a_main_of_the_cli():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"vgg-jax-evaluate", "vgg-jax-predict"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert module.startswith("vgg_jax.cli.")
+        assert callable(getattr(importlib.import_module(module), function))
 
 
 def test_every_public_name_loads_from_its_module_on_first_use():

@@ -281,7 +281,7 @@ def test_offline_without_a_file_says_what_to_fetch_and_where(tmp_path):
 def test_predict_reads_a_pth_file_and_gives_pytorchs_probabilities(
     torchvision_references, tmp_path
 ):
-    """python -m vgg_jax.predict --weights=FILE.pth --model=vgg11_bn: reading the .pth (PyTorch
+    """python -m vgg_jax.cli.predict --weights=FILE.pth --model=vgg11_bn: reading the .pth (PyTorch
     in a process that has TensorFlow), from_weights, model_from_file, the 1000 class names.
     A grey image stays grey through the resize to 256 and the 224 crop, so PyTorch's
     probabilities for a grey 224x224 input are the expected ones."""
@@ -289,8 +289,8 @@ def test_predict_reads_a_pth_file_and_gives_pytorchs_probabilities(
     image = tmp_path / "grey.png"
     image.write_bytes(tf.io.encode_png(np.full((300, 400, 3), 128, np.uint8)).numpy())  # GREY
     weights = reference.with_suffix(".pth")
-    command = [sys.executable, "-m", "vgg_jax.predict", f"--weights={weights}", "--model=vgg11_bn",
-               "--top=3", str(image)]  # fmt: skip
+    command = [sys.executable, "-m", "vgg_jax.cli.predict", f"--weights={weights}",
+               "--model=vgg11_bn", "--top=3", str(image)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=python_env())
     assert result.returncode == 0, result.stderr[-3000:]
     expected = np.load(reference.with_suffix(".grey.npy"))

@@ -226,7 +226,7 @@ def test_multi_scale_posteriors_average_each_scales_by_hand(tmp_path):
     the image resized by tf.image.resize(antialias=True), rounded to pixels, centre-cropped
     and normalised here; the multi-scale posteriors are their mean."""
     from vgg_jax.data.normalization import normalize
-    from vgg_jax.evaluation.evaluate import evaluate
+    from vgg_jax.evaluation.on_dataset import evaluate
     from vgg_jax.evaluation.inference import Classifier
 
     model, variables = small_model(32, seed=4)

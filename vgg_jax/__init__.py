@@ -13,14 +13,15 @@ distances = lpips.apply(variables, images0, images1)        # NHWC in [-1, 1] ->
 dists, variables = vgg_jax.load_dists()             # DISTS distance (vgg_jax.dists)
 distances = dists.apply(variables, images0, images1)        # NHWC in [0, 1] -> (N,)
 
-Subpackages, each importing only those before it: model, data, weights, training, evaluation.
-`import vgg_jax` imports neither jax nor TensorFlow: each name above loads its module on first
-use, and `vgg_jax.inference` (classifiers from checkpoints or weights, with TensorFlow) too.
+Subpackages, each importing only those before it: model, data, weights, training, evaluation,
+cli. `import vgg_jax` imports neither jax nor TensorFlow: each name above loads its module on
+first use, and `vgg_jax.inference` (vgg_jax.evaluation.inference: classifiers from checkpoints
+or weights, with TensorFlow) too.
 The base install (`pip install vgg_jax`) runs the model, the weights and LPIPS; training, the
 input pipeline and evaluation on data sets need the `train` extra.
 
-Commands: `python train.py`, `python -m vgg_jax.evaluate` (the paper's test protocols),
-`python -m vgg_jax.predict` (classify image files), `python -m vgg_jax` (a layer table).
+Commands: `python train.py`, `python -m vgg_jax.cli.evaluate` (the paper's test protocols),
+`python -m vgg_jax.cli.predict` (classify image files), `python -m vgg_jax` (a layer table).
 """
 
 import importlib
@@ -64,6 +65,8 @@ _SOURCES = {
 _RENAMED = {"PRETRAINED_WEIGHTS": "WEIGHTS"}  # public name -> name in its module
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 _load_submodule = submodule_loader(__name__)
+# Short names for submodules that live on a lower floor.
+_SUBMODULE_ALIASES = {"inference": "vgg_jax.evaluation.inference"}
 
 __all__ = [
     "CONFIGS",
@@ -177,7 +180,9 @@ if TYPE_CHECKING:  # what static readers (the API reference's griffe, IDEs) foll
 
 
 def __getattr__(name: str):
-    if name not in _MODULE_OF:  # a submodule (vgg_jax.inference, vgg_jax.evaluation, ...)
+    if name in _SUBMODULE_ALIASES:
+        return importlib.import_module(_SUBMODULE_ALIASES[name])
+    if name not in _MODULE_OF:  # a submodule (vgg_jax.evaluation, vgg_jax.weights, ...)
         return _load_submodule(name)
     value = getattr(importlib.import_module(_MODULE_OF[name]), _RENAMED.get(name, name))
     globals()[name] = value  # found directly from now on
@@ -186,5 +191,10 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(
-        {*globals(), *__all__, *(module.name for module in pkgutil.iter_modules(__path__))}
+        {
+            *globals(),
+            *__all__,
+            *_SUBMODULE_ALIASES,
+            *(module.name for module in pkgutil.iter_modules(__path__)),
+        }
     )

@@ -1,5 +1,6 @@
-"""Evaluation: the paper's test protocols, classifiers from checkpoints or weights, evaluation
-of a data set (python -m vgg_jax.evaluate) and prediction on files (python -m vgg_jax.predict)."""
+"""Evaluation: the paper's test protocols, classifiers from checkpoints or weights (inference),
+evaluation of a data set (on_dataset; the command vgg_jax.cli.evaluate) and prediction on image
+files (on_files; the command vgg_jax.cli.predict)."""
 
 from vgg_jax._submodules import submodule_loader
 

@@ -1,5 +1,6 @@
 """The names of the paper's test protocols (Section 3.2), apart from their jax code
-(vgg_jax.evaluation.protocols) so that `python -m vgg_jax.evaluate --help` lists them at once."""
+(vgg_jax.evaluation.protocols) so that `python -m vgg_jax.cli.evaluate --help` lists them at
+once."""
 
 from __future__ import annotations
 

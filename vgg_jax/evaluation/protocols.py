@@ -11,7 +11,7 @@ softmax averaged over the views the protocol looks at.
 - dense+multi_crop: the average of the two.
 
 Multi-scale evaluation and ensembles average these posteriors again, across scales and models
-(vgg_jax.evaluation.evaluate). The crop is the classic head's input size: FC6's window times
+(vgg_jax.evaluation.on_dataset). The crop is the classic head's input size: FC6's window times
 the net's downsampling (224 for a model initialised at 224x224). `posterior_function` jits
 them, with the preprocessing that turns uint8 images into model input, for the commands.
 """

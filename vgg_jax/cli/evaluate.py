@@ -1,12 +1,13 @@
-"""`python -m vgg_jax.evaluate`: the paper's test protocols (Section 3.2) on a data set, for one
-model or an ensemble; prints a table like the paper's and writes it as JSON.
+"""`python -m vgg_jax.cli.evaluate` (or `vgg-jax-evaluate`): the paper's test protocols
+(Section 3.2) on a data set, for one model or an ensemble; prints a table like the paper's and
+writes it as JSON.
 
-    python -m vgg_jax.evaluate --workdir runs/vgg16 --protocols dense,multi_crop,dense+multi_crop \
-        --scales 256,384,512
-    python -m vgg_jax.evaluate --weights vgg16.tv_in1k --protocols center --scales 256 \
+    python -m vgg_jax.cli.evaluate --workdir runs/vgg16 \
+        --protocols dense,multi_crop,dense+multi_crop --scales 256,384,512
+    python -m vgg_jax.cli.evaluate --weights vgg16.tv_in1k --protocols center --scales 256 \
         --data_dir ~/tensorflow_datasets          # torchvision's single-crop protocol
 
-The work is done by vgg_jax.evaluation.evaluate; `evaluate` and `format_table` are here too.
+The work is done by vgg_jax.evaluation.on_dataset (`evaluate`, `format_table`).
 """
 
 from __future__ import annotations
@@ -18,23 +19,10 @@ import pathlib
 import sys
 from typing import Sequence
 
-from vgg_jax.environment import MissingTrainingLibraries, require_training_libraries
+from vgg_jax.cli.startup import report_failure, start_command
 from vgg_jax.evaluation.protocol_names import PROTOCOLS, check_protocols
 from vgg_jax.files import write_atomically
 from vgg_jax.training.workdir import checkpoint_argument
-
-__all__ = ["evaluate", "format_table", "main"]  # noqa: F822 (two load on first use)
-
-
-def __getattr__(name: str):
-    # `evaluate` and `format_table` load TensorFlow and orbax: only when used, so that --help
-    # and argument errors answer at once.
-    if name in ("evaluate", "format_table"):
-        from vgg_jax.evaluation import evaluate as evaluation
-
-        return getattr(evaluation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def _integers(text: str) -> list[int]:
     try:
@@ -47,7 +35,7 @@ def _integers(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m vgg_jax.evaluate",
+        prog="python -m vgg_jax.cli.evaluate",
         description="Evaluate trained VGGs with the paper's test protocols (Section 3.2).",
     )
     models = parser.add_argument_group("models (several make an ensemble)")
@@ -94,22 +82,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        require_training_libraries()
-    except MissingTrainingLibraries as error:
-        print(f"error: {error}", file=sys.stderr)
+    if not start_command(logging.INFO):
         return 1
-    from absl import logging as absl_logging
-
     from vgg_jax.data.sources import get_builder
     from vgg_jax.evaluation import inference
-    from vgg_jax.evaluation.evaluate import evaluate, format_table
+    from vgg_jax.evaluation.on_dataset import evaluate, format_table
     from vgg_jax.evaluation.protocols import crop_size
     from vgg_jax.training.checkpoints import CheckpointNotFound
 
-    # force: importing TensorFlow's stack has already given the root logger a handler.
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax reports every read at WARNING
     try:
         protocols = check_protocols(p.strip() for p in args.protocols.split(",") if p.strip())
         classifiers = [inference.from_checkpoint(w, args.checkpoint, args.model)
@@ -125,8 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.batch_size,
         )  # fmt: skip
     except (ValueError, CheckpointNotFound, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report_failure(error)
     default_output = pathlib.Path(args.workdir[0]) if args.workdir else pathlib.Path(".")
     output = pathlib.Path(args.output or default_output / "evaluation.json")
     print(format_table(report))  # before writing: a file that cannot be written loses nothing

@@ -2,7 +2,7 @@
 
 By default an image is rescaled to smaller side Q and its centre crop classified; dense=True
 runs the whole image through the dense head, averaged with its mirror image (the paper's
-dense evaluation). `python -m vgg_jax.predict` is its command line.
+dense evaluation). `python -m vgg_jax.cli.predict` is its command line.
 """
 
 from __future__ import annotations

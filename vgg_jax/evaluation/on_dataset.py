@@ -3,7 +3,7 @@
 Every image is rescaled to each Q in `scales` (vgg_jax.data.evaluation_data), each protocol's
 posteriors (vgg_jax.evaluation.protocols) are averaged over the scales, and an ensemble of
 several models averages the models' posteriors. The result is a report (JSON-ready) and a
-table like the paper's; `python -m vgg_jax.evaluate` is its command line.
+table like the paper's; `python -m vgg_jax.cli.evaluate` is its command line.
 """
 
 from __future__ import annotations
