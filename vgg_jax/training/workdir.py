@@ -180,7 +180,7 @@ def hold_workdir(held: contextlib.ExitStack, workdir: pathlib.Path, is_main: boo
     workdir) in `held`. Another run holding it raises WorkdirInUse, before anything is read,
     compiled or written; in a multi-host run every process raises it, told by process 0.
     A work directory that cannot be one raises WorkdirUnusable."""
-    import jax  # here: `python -m vgg_jax.evaluate --help` reads this module, and is quick
+    import jax  # here: `python -m vgg_jax.cli.evaluate --help` reads this module, and is quick
     import numpy as np
 
     failure = None
