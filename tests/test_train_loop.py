@@ -249,7 +249,7 @@ def test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk(
 
     scripted = iter([0.5, 0.9, 0.7, 0.8, 0.9, 0.6])  # epochs 2 and 5 tie for best
 
-    def evaluate_split(run, split):
+    def evaluate_split(run, state, split):
         return {"loss": 1.0, "top1_accuracy": next(scripted), "top5_accuracy": 1.0}
 
     monkeypatch.setattr(loop, "evaluate_split", evaluate_split)

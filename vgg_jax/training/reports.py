@@ -270,7 +270,7 @@ def report_skipped(skipped, when: str) -> int:
 
 
 def write_summary(
-    record,
+    best: dict | None,
     step,
     total_steps,
     signal_name,
@@ -280,8 +280,9 @@ def write_summary(
     first_step_seconds: float | None = None,
 ) -> dict:
     """summary.json; first_step_seconds: from the start to the end of the first training step
-    of this process's run (compilation included), None if it trained no step."""
-    best = record.get("best") or {}
+    of this process's run (compilation included), None if it trained no step. `best`: the
+    best evaluation's metrics and step, None before the first."""
+    best = best or {}
     summary = {
         "step": step,
         "finished": step >= total_steps,

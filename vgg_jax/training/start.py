@@ -1,7 +1,7 @@
 """Starting a run of the training loop (vgg_jax.training.loop): the config checked against this
 run's devices, then the data, the model, the optimiser and the train state, resumed from the
 newest readable checkpoint, started from another run (config.init_from), or fresh. `Run` is
-what the loop holds while it runs.
+what stays fixed while the loop runs, `Position` where it stands.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import pathlib
 from typing import Any
 
 import jax
-from tqdm import tqdm
 
 from vgg_jax.data import pipeline, sources
 from vgg_jax.files import write_atomically
@@ -102,59 +101,57 @@ def plan_data(config: TrainingConfig) -> DataPlan:
     )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """What one call of train_and_evaluate holds while it runs (host-side bookkeeping; the
-    train state itself is the replicated pytree)."""
+    """What a run fixes once it is set up: its sections, data plan, steps and the places it
+    writes to. What changes as it trains is the train state (a replicated pytree, with the
+    plateau state in it) and the host's Position."""
 
     config: TrainingConfig
     workdir: pathlib.Path
     started: float
-    is_main: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
-    checkpoints: Checkpoints | None = None
-    writer: Any = None
-    record: dict = dataclasses.field(default_factory=lambda: {"best": None})
-    skipped: pipeline.SkippedImages = dataclasses.field(default_factory=pipeline.SkippedImages)
-    progress: tqdm | None = None
-    # Set by set_up:
-    plan: DataPlan | None = None
-    setup: Any = None  # steps.TrainingSetup
-    p_train_step: Any = None  # pmapped (in one process, the executable once compiled)
-    train_step_compiled: bool = False
-    p_eval_step: Any = None
-    replicated: Any = None  # the train state on every local device
-    step: int = 0
-    train_log: TrainLog | None = None
+    is_main: bool
+    plan: DataPlan
+    setup: Any  # steps.TrainingSetup
+    checkpoints: Checkpoints
+    writer: Any  # TensorBoard's, in process 0 only
+    train_log: TrainLog
+    skipped: pipeline.SkippedImages  # every file the pipeline left out, as it meets them
+    eval_step: Any  # pmapped
 
 
-def set_up(run: Run) -> None:
-    """Data, model, optimiser and state; resumed from the newest readable checkpoint, or
-    started from another run (config.init_from), or fresh."""
-    config = run.config
-    run.plan = plan = plan_data(config)
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where the run stands, on the host: the last step taken, the best evaluation so far, and
+    the train step to call (pmapped; in one process, its executable once compiled)."""
+
+    step: int
+    best: dict | None
+    train_step: Any
+    compiled: bool = False
+
+
+def set_up(
+    config: TrainingConfig, workdir: pathlib.Path, started: float, opened: dict
+) -> tuple[Run, Any, Position]:
+    """(run, replicated train state, position): data, model, optimiser and state, resumed from
+    the newest readable checkpoint, or started from another run (config.init_from), or fresh.
+    What needs closing goes into `opened` ("checkpoints", "writer") as soon as it is open."""
+    is_main = jax.process_index() == 0
+    plan = plan_data(config)
     model = config.model.build(plan.info.num_classes)
-    run.setup, state = init_training(config, model, plan.input_shape, plan.steps_per_epoch)
+    setup, state = init_training(config, model, plan.input_shape, plan.steps_per_epoch)
     state = jax.device_get(state)
-    run.checkpoints = Checkpoints(run.workdir / "checkpoints", keep=config.run.keep_checkpoints)
-    restored = run.checkpoints.restore_latest(
-        state, lambda saved: check_same_architecture(run, saved)
-    )
-    if restored is not None:
-        state, run.record = restored
-        run.skipped = pipeline.SkippedImages(run.record.get("skipped_images", ()))
-        logger.info("Resumed from step %d in %s.", int(state.step), run.checkpoints.directory)
-    elif run.checkpoints.set_aside_steps():
-        raise TrainingError(refusal_to_start_over(run.checkpoints))
-    elif finished := finished_step(run.workdir):
-        raise TrainingError(refusal_to_forget_a_run(run.workdir, finished))
-    elif config.run.init_from:
-        state = start_from_run(config.run, state)
-    run.step = int(state.step)
-    if run.is_main:
-        write_atomically(run.workdir / "config.json", config.to_json())
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=config.run.keep_checkpoints)
+    opened["checkpoints"] = checkpoints
+    state, record = resumed_or_initial_state(config, workdir, checkpoints, state)
+    writer = None
+    if is_main:
+        write_atomically(workdir / "config.json", config.to_json())
         from flax.metrics import tensorboard  # imports TensorBoard: only where it writes
 
-        run.writer = tensorboard.SummaryWriter(str(run.workdir / "tensorboard"))
+        writer = tensorboard.SummaryWriter(str(workdir / "tensorboard"))
+        opened["writer"] = writer
     logger.info(
         "%s on %s: %d train / %d eval examples, %d classes, %s images; %d steps per "
         "epoch, %d devices.",
@@ -163,14 +160,40 @@ def set_up(run: Run) -> None:
         jax.device_count(),
     )  # fmt: skip
     logger.info("%s", dtype_choice(config.model.dtype))
-    run.p_train_step, run.p_eval_step = pmapped_steps(run.setup)
-    run.replicated = replicate(state)
+    train_step, eval_step = pmapped_steps(setup)
     peak = peak_bf16_flops(jax.devices()[0].device_kind)
-    run.train_log = TrainLog(
-        run.writer, config.optimizer.batch_size, run.checkpoints,
+    train_log = TrainLog(
+        writer, config.optimizer.batch_size, checkpoints,
         flops_per_image=training_flops_per_image(model, plan.input_shape),
-        peak_flops=peak * jax.device_count() if peak else None, started=run.started,
+        peak_flops=peak * jax.device_count() if peak else None, started=started,
     )  # fmt: skip
+    skipped = pipeline.SkippedImages(record.get("skipped_images", ()))
+    run = Run(
+        config, workdir, started, is_main, plan, setup, checkpoints, writer, train_log, skipped,
+        eval_step,
+    )  # fmt: skip
+    return run, replicate(state), Position(int(state.step), record.get("best"), train_step)
+
+
+def resumed_or_initial_state(
+    config: TrainingConfig, workdir: pathlib.Path, checkpoints: Checkpoints, state
+) -> tuple[Any, dict]:
+    """(state, the checkpoint's record) of the newest readable checkpoint; else `state` as
+    config.init_from makes it, with an empty record. Refuses to start over where a run's
+    checkpoints were set aside or the run already finished."""
+    restored = checkpoints.restore_latest(
+        state, lambda saved: check_same_architecture(config, checkpoints, saved)
+    )
+    if restored is not None:
+        logger.info("Resumed from step %d in %s.", int(restored[0].step), checkpoints.directory)
+        return restored
+    if checkpoints.set_aside_steps():
+        raise TrainingError(refusal_to_start_over(checkpoints))
+    if finished := finished_step(workdir):
+        raise TrainingError(refusal_to_forget_a_run(workdir, finished))
+    if config.run.init_from:
+        state = start_from_run(config.run, state)
+    return state, {"best": None}
 
 
 def refusal_to_start_over(checkpoints: Checkpoints) -> str:
@@ -183,16 +206,18 @@ def refusal_to_start_over(checkpoints: Checkpoints) -> str:
     )
 
 
-def check_same_architecture(run: Run, record: dict) -> None:
-    saved, config = record.get("config", {}), run.config.fields
+def check_same_architecture(
+    config: TrainingConfig, checkpoints: Checkpoints, record: dict
+) -> None:
+    saved, fields = record.get("config", {}), config.fields
     differences = [
-        f"{key}: checkpoint {saved.get(key)!r}, this run {config[key]!r}"
+        f"{key}: checkpoint {saved.get(key)!r}, this run {fields[key]!r}"
         for key in ARCHITECTURE_KEYS
-        if saved.get(key) != config[key]
+        if saved.get(key) != fields[key]
     ]
     if differences:
         raise TrainingError(
-            f"{run.checkpoints.directory} holds checkpoints of another configuration ("
+            f"{checkpoints.directory} holds checkpoints of another configuration ("
             + "; ".join(differences)
             + "). Use another --workdir, or delete that folder to start over."
         )
