@@ -25,34 +25,40 @@ class Mutant:
 # Pytest arguments per module, cheapest killers first (-x stops at the first failure). The
 # two-process test is left out: it compares two runs of the same (mutated) tree, so it checks
 # the distribution, not the recipe, and costs 40 s a mutant.
-TWO_PROCESS = "tests/test_training.py::test_two_processes_equal_one_process_with_four_devices"
+TWO_PROCESS = (
+    "tests/training/test_steps.py::test_two_processes_equal_one_process_with_four_devices"
+)
 # The scripted run whose learning rate is logged as it decays.
 SCRIPTED_PLATEAU = (
-    "tests/test_train_loop.py::test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk"
+    "tests/training/test_checkpoints.py::"
+    "test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk"
 )
 TESTS = {
     "vgg_jax/training/optim.py": [
-        "tests/test_optimizer.py",
-        "tests/test_training.py",
+        "tests/training/test_optim.py",
+        "tests/training/test_steps.py",
         SCRIPTED_PLATEAU,
     ],
-    "vgg_jax/training/steps.py": ["tests/test_optimizer.py", "tests/test_training.py"],
+    "vgg_jax/training/steps.py": ["tests/training/test_optim.py", "tests/training/test_steps.py"],
     "vgg_jax/training/metrics.py": [
-        "tests/test_optimizer.py",
-        "tests/test_protocols.py",
-        "tests/test_training.py",
+        "tests/training/test_optim.py",
+        "tests/evaluation/test_protocols.py",
+        "tests/training/test_steps.py",
     ],
-    "vgg_jax/training/loop.py": ["tests/test_train_loop.py"],
-    "vgg_jax/evaluation/protocols.py": ["tests/test_protocols.py", "tests/test_evaluate.py"],
+    "vgg_jax/training/loop.py": ["tests/training/test_loop.py", SCRIPTED_PLATEAU],
+    "vgg_jax/evaluation/protocols.py": [
+        "tests/evaluation/test_protocols.py",
+        "tests/evaluation/test_evaluate.py",
+    ],
     "vgg_jax/data/preprocessing.py": [
-        "tests/test_preprocessing.py",
-        "tests/test_input_pipeline.py",
+        "tests/data/test_preprocessing.py",
+        "tests/data/test_pipeline.py",
     ],
     "vgg_jax/data/normalization.py": [
-        "tests/test_preprocessing.py",
-        "tests/test_optimizer.py",
-        "tests/test_input_pipeline.py",
-        "tests/test_training.py",
+        "tests/data/test_preprocessing.py",
+        "tests/training/test_optim.py",
+        "tests/data/test_pipeline.py",
+        "tests/training/test_steps.py",
     ],
 }
 

@@ -1,7 +1,8 @@
 """Runs the notebooks in quick mode and keeps the executed copies in docs/notebooks/, so that one
 execution serves both the tests and the documentation site:
 
-- tests/test_notebooks.py runs each notebook with `execute`, checks its outputs and `keep`s it;
+- tests/project/test_notebooks.py runs each notebook with `execute`, checks its outputs and
+  `keep`s it;
 - mkdocs.yml loads this file as a hook: before a build, any notebook whose executed copy is
   missing or was made from another version of the notebook is run and kept; the site renders
   the copies (mkdocs-jupyter, without executing them again).

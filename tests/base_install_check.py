@@ -2,7 +2,7 @@
 TensorFlow, TensorFlow Datasets and PyTorch unimportable: build VGG16, load torchvision .pth
 files of both formats, compute its logits and LPIPS, each against PyTorch's reference (written
 beforehand by tests/torch_files_reference.py --vgg16); prints the relative errors as JSON and
-fails if any of those libraries was imported. tests/test_install_profiles.py runs it, and so
+fails if any of those libraries was imported. tests/project/test_install_profiles.py runs it, and so
 can a fresh virtual environment with only the base install:
 
     python tests/base_install_check.py REFERENCE_DIR LPIPS_V0.1_VGG_PTH

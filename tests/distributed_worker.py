@@ -1,4 +1,4 @@
-"""One process of a two-process CPU run (gloo on 127.0.0.1), for test_training.py.
+"""One process of a two-process CPU run (gloo on 127.0.0.1), for test_steps.py.
 
 Each process takes its half of every global batch, runs the library's pmapped train step
 on its two devices, and process 0 writes the final parameters to an .npz file.

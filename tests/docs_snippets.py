@@ -1,4 +1,4 @@
-"""Run as a script by tests/test_docs_snippets.py: every Python block of the given Markdown
+"""Run as a script by tests/project/test_docs_snippets.py: every Python block of the given Markdown
 pages, in order, one namespace per page, as a reader pastes them (Sybil's Markdown parsers).
 
     python tests/docs_snippets.py CACHE_DIR PAGE...

@@ -1,5 +1,5 @@
-"""train.py with a fault injected, for tests/test_faults.py: `python fault_injection.py FAULT
-MARKER [train.py flags]`.
+"""train.py with a fault injected, for tests/training/test_faults.py:
+`python fault_injection.py FAULT MARKER [train.py flags]`.
 
 FAULT "slow_save:N": checkpoint saves after the N-th stop just before they are committed (the
 files written, the step's folder not yet renamed into place) and write that folder's path to

@@ -19,8 +19,8 @@ from vgg_jax.configs import default
 
 # card: (the dtype "auto" picks there, GiB JAX gets of it by default (75%), grad_accum_steps).
 # Each factor is the smallest power of two whose step fits in XLA:CPU's memory analysis
-# (tests/test_hardware_fit.py compiles each step, and the one with half the factor, which does
-# not fit). A GPU's own analysis differs (cuDNN workspaces, layouts): train.py's check decides.
+# (tests/training/test_hardware_fit.py compiles each step, and the one with half the factor,
+# which does not fit). A GPU's own analysis differs (cuDNN workspaces, layouts): train.py's check decides.
 ONE_GPU = {
     "16 GB, compute capability 7.x (T4, V100)": ("float16", 11.3, 8),
     "24 GB, compute capability 8.0 and up (RTX 3090 and 4090, A10, L4)": ("bfloat16", 17.7, 4),

@@ -308,7 +308,7 @@ class Checkpoints:
 # The one use of orbax's private API. Its close does not wait for the clean-up of half-written
 # folders that opening the manager started, and offers no public way to; a process exiting soon
 # after (a refused init_from) would have that thread fail at interpreter shutdown, printing a
-# traceback after the run's one message. tests/test_train_loop.py fails loudly when orbax
+# traceback after the run's one message. tests/training/test_checkpoints.py fails loudly when orbax
 # renames or drops the method, rather than letting this quietly do nothing.
 PRIVATE_TMP_CLEANUP = "_maybe_await_cleanup_tmp_directory"
 

@@ -4,7 +4,6 @@ those libraries' own models where installed, and against known arrays where not.
 import hashlib
 import importlib.util
 import json
-import pathlib
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import python_env, relative_error
+from helpers import TESTS, python_env, relative_error
 
 import vgg_jax
 from vgg_jax.data.normalization import CAFFE_NORMALIZATION, IMAGENET_NORMALIZATION
@@ -55,7 +54,7 @@ def both_heads(model, variables, images):
 def torchvision_references(tmp_path_factory):
     """NAME -> path of the .npz of each torchvision model, all made by one PyTorch process."""
     out = tmp_path_factory.mktemp("torchvision")
-    script = pathlib.Path(__file__).with_name("torchvision_reference.py")
+    script = TESTS / "torchvision_reference.py"
     completed = subprocess.run(
         [sys.executable, str(script), str(out), *TORCHVISION_MODELS_COMPARED],
         capture_output=True, text=True, env=python_env(),

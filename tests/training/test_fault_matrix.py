@@ -5,8 +5,8 @@ work was lost: every checkpoint that was not damaged still restores and matches 
 and a damaged one is kept (moved aside), never deleted.
 
 Other failures are tested where their machinery lives: a bad config value
-(test_train_loop.py, parametrised), bad images, a full disk, a NaN loss, kill -9 and SIGTERM
-(test_faults.py), the best checkpoint kept (test_train_loop.py), an unwritable evaluation
+(test_loop.py, parametrised), bad images, a full disk, a NaN loss, kill -9 and SIGTERM
+(test_faults.py), the best checkpoint kept (test_loop.py), an unwritable evaluation
 output (test_evaluate.py).
 """
 

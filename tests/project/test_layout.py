@@ -100,3 +100,16 @@ def test_every_public_name_loads_from_its_module_on_first_use():
     assert result.stdout.split() == [
         "False", "True", "D", "vgg_jax.evaluation.protocols", "False", "False",
     ]  # fmt: skip
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<floor>/ for each subpackage (tests/training/test_checkpoints.py tests
+    vgg_jax/training/checkpoints.py), tests/project/ for what spans the repository, and the
+    shared helpers at the top of tests/ only."""
+    tests = ROOT / "tests"
+    floors = {path.name for path in tests.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    subpackages = {p.parent.name for p in (ROOT / "vgg_jax").glob("*/__init__.py")}
+    assert floors - {"project"} <= subpackages, floors - subpackages
+    assert (tests / "training" / "test_checkpoints.py").is_file()
+    helpers = [path.name for path in tests.glob("*/*.py") if not path.name.startswith("test_")]
+    assert helpers == [], f"helpers belong at the top of tests/: {helpers}"
