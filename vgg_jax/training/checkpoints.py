@@ -28,7 +28,7 @@ from vgg_jax.training.noise import (
     a_missing_metric_warning,
     absl_level,
     absl_records_dropped,
-    quiet_abandoned_reads,
+    abandoned_reads_quieted,
 )
 from vgg_jax.training.sections import upgraded_saved_config
 from vgg_jax.training.workdir import checkpoint_choice
@@ -78,6 +78,8 @@ class Checkpoints:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep}.")
         self.directory = pathlib.Path(directory).absolute()
         self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
+        self._quieted = contextlib.ExitStack()  # abandoned reads' noise, until close()
+        self._quieting = False
         if not read_only:
             self._metrics_from_records()
         options = ocp.CheckpointManagerOptions(
@@ -203,7 +205,9 @@ class Checkpoints:
         read; None if none can. Each unreadable one is reported, and with `set_aside` moved to
         ../unreadable_checkpoints/. Errors of `check_record` are not caught."""
         steps = list(steps)
-        quiet_abandoned_reads()
+        if not self._quieting:
+            self._quieted.enter_context(abandoned_reads_quieted())
+            self._quieting = True
         for index, step in enumerate(steps):
             last = index == len(steps) - 1
             try:
@@ -301,8 +305,11 @@ class Checkpoints:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        await_tmp_cleanup(self.manager)
-        self.manager.close()
+        try:
+            await_tmp_cleanup(self.manager)
+            self.manager.close()
+        finally:
+            self._quieted.close()
 
 
 # The one use of orbax's private API. Its close does not wait for the clean-up of half-written

@@ -1,10 +1,11 @@
-"""Where the noise of absl, orbax and asyncio is quieted, each for no longer than the call that
-causes it: a warning that is expected by design, or tracebacks of reads orbax abandoned, would
+"""Where the noise of absl, orbax and asyncio is quieted, each for no longer than the call or
+the reader that causes it: a warning that is expected by design, or tracebacks of reads orbax abandoned, would
 otherwise hide the one message that matters."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -46,20 +47,22 @@ def a_missing_metric_warning(record: logging.LogRecord) -> bool:
     return "did not provide metrics" in record.getMessage()
 
 
-def quiet_abandoned_reads() -> None:
-    """After a failed read, orbax leaves the checkpoint's other reads running. Each ends later
-    as a traceback: unraisable "Event loop is closed" errors, and asyncio's "Task exception was
-    never retrieved" for reads that failed too. Those alone go to the debug log from the first
-    checkpoint read on. They end after the read that started them has returned, at a time no
-    call of ours brackets (at the latest, at interpreter shutdown), so this hook stays for the
-    process: the one process-wide hook, installed once, passing every other error on."""
+@contextlib.contextmanager
+def abandoned_reads_quieted() -> Iterator[None]:
+    """After a failed read, orbax abandons the checkpoint's other reads. Each ends as a
+    traceback: unraisable "Event loop is closed" errors, and asyncio's "Task exception was
+    never retrieved" for reads that failed too. Within the block those alone go to the debug
+    log; every other error passes on. They end while the failed read returns (measured: all
+    before it had), so the block is the reader's life (Checkpoints, until closed); at its end
+    garbage collection makes any abandoned task still unreported report, while still quieted.
+    A hook installed after this one and still in place is left there, with this one passing
+    everything on."""
     previous = sys.unraisablehook
-    if getattr(previous, "quiets_abandoned_reads", False):
-        return
+    quieting = True
 
     def hook(unraisable):
         error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        if quieting and isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
             _logger.debug("An abandoned checkpoint read ended after its event loop closed.")
             return
         previous(unraisable)
@@ -71,6 +74,14 @@ def quiet_abandoned_reads() -> None:
             return False
         return True
 
-    hook.quiets_abandoned_reads = True
+    asyncio_logger = logging.getLogger("asyncio")
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(abandoned_read_failed)
+    asyncio_logger.addFilter(abandoned_read_failed)
+    try:
+        yield
+    finally:
+        gc.collect()
+        quieting = False
+        asyncio_logger.removeFilter(abandoned_read_failed)
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
