@@ -78,7 +78,8 @@ def _train_setup(args, model, batch_size: int):
     import numpy as np
 
     from vgg_jax.training.sections import read_config
-    from vgg_jax.training.steps import init_training, pmapped_steps, replicate
+    from vgg_jax.parallel import replicate
+    from vgg_jax.training.steps import init_training, pmapped_steps
 
     shape = (args.image_size, args.image_size, 3)
     setup, state = init_training(

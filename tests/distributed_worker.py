@@ -23,12 +23,13 @@ jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=proc
 import helpers  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vgg_jax.parallel import replicate, unreplicate  # noqa: E402
 from vgg_jax.training import steps  # noqa: E402
 
 assert jax.device_count() == 4 and jax.local_device_count() == 2
 setup, state = helpers.small_training_setup(batch_norm=True)
 p_train_step, _ = steps.pmapped_steps(setup)
-replicated = steps.replicate(state)
+replicated = replicate(state)
 for images, labels in helpers.global_batches():
     half = len(labels) // 2
     mine = slice(process_id * half, (process_id + 1) * half)
@@ -37,7 +38,7 @@ for images, labels in helpers.global_batches():
         "label": labels[mine].reshape(2, -1),
     }
     replicated, _ = p_train_step(replicated, batch)
-final = steps.unreplicate(replicated)
+final = unreplicate(replicated)
 if process_id == 0:
     np.savez(
         out, **helpers.flat_arrays({"params": final.params, "stats": final.batch_stats})

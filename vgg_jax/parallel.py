@@ -42,6 +42,11 @@ def replicate(tree: Any, devices=None) -> Any:
     return flax.jax_utils.replicate(tree, devices)
 
 
+def prefetch_to_devices(batches, size: int = 2):
+    """Batches from split_over_devices, `size` of them put on the devices ahead of use."""
+    return flax.jax_utils.prefetch_to_device(batches, size)
+
+
 def unreplicate(tree: Any) -> Any:
     """One host (NumPy) copy of a replicated pytree (a state, metrics), on every process of a
     multi-host run."""

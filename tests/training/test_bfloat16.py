@@ -19,7 +19,8 @@ import pytest
 from helpers import IMAGE_SHAPE, global_batches, relative_error, small_config
 
 from vgg_jax.training.sections import read_config
-from vgg_jax.training.steps import init_training, pmapped_steps, replicate, unreplicate
+from vgg_jax.parallel import replicate, unreplicate
+from vgg_jax.training.steps import init_training, pmapped_steps
 
 DEVICES = 2
 

@@ -21,6 +21,7 @@ from helpers import (
 )
 
 from vgg_jax.model.dtypes import compute_dtype
+from vgg_jax.parallel import replicate, unreplicate
 from vgg_jax.training import optim, steps
 from vgg_jax.training.checkpoints import Checkpoints
 from vgg_jax.training.sections import read_config
@@ -102,11 +103,11 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
 
     training_setup, state = small_training_setup(batch_norm=True)
     p_train_step, _ = steps.pmapped_steps(training_setup)
-    replicated = steps.replicate(state)
+    replicated = replicate(state)
     for images, labels in global_batches():
         batch = {"image": images.reshape(4, -1, *images.shape[1:]), "label": labels.reshape(4, -1)}
         replicated, _ = p_train_step(replicated, batch)
-    final = steps.unreplicate(replicated)
+    final = unreplicate(replicated)
     expected = flat_arrays({"params": final.params, "stats": final.batch_stats})
     saved = np.load(out)
     assert len(saved.files) == len(expected) > 0

@@ -20,14 +20,13 @@ import pathlib
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from vgg_jax.data import pipeline
-from vgg_jax.parallel import replicate, unreplicate
+from vgg_jax.parallel import prefetch_to_devices, replicate, unreplicate
 from vgg_jax.training.checkpoints import (
     best_rank,
 )
@@ -107,9 +106,7 @@ def train_epoch(run: Run, state, at: Position, stop: dict) -> tuple[Any, Positio
         skip_batches=skip, shuffle_buffer_size=data.shuffle_buffer_size,
         augmentation=run.plan.augmentation, skipped=run.skipped,
     )  # fmt: skip
-    device_batches = flax.jax_utils.prefetch_to_device(
-        itertools.islice(batches, epoch_end - at.step), 2
-    )
+    device_batches = prefetch_to_devices(itertools.islice(batches, epoch_end - at.step))
     bar = tqdm(
         total=run.plan.steps_per_epoch, initial=skip, unit="step", disable=not run.is_main,
         desc=f"epoch {epoch + 1}/{config.schedule.num_epochs}", dynamic_ncols=True,

@@ -22,15 +22,14 @@ from optax import microbatching
 
 from vgg_jax.data.normalization import model_input
 from vgg_jax.model.vgg import VGG
-from vgg_jax.parallel import AXIS_NAME, replicate, unreplicate  # the last two re-exported
+from vgg_jax.parallel import AXIS_NAME
 from vgg_jax.training.metrics import correct_top_k, cross_entropy
 from vgg_jax.training.optim import LearningRate, make_optimizer
 from vgg_jax.training.sections import TrainingConfig
 
 __all__ = [
     "AXIS_NAME", "TrainState", "TrainingSetup", "eval_step", "init_training",
-    "model_for_training", "new_loss_scale", "pmapped_steps", "replicate", "train_step",
-    "unreplicate",
+    "model_for_training", "new_loss_scale", "pmapped_steps", "train_step",
 ]  # fmt: skip
 
 
