@@ -147,6 +147,34 @@ def test_an_invalid_seed_or_dtype_is_one_line_naming_the_field(field, value, mes
     assert str(raised.value) == message
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"train_scale": (256, 512), "crop_size": 384},
+            "config.crop_size=384 is larger than the smallest training scale "
+            "(config.train_scale=(256, 512)): use S_min >= 384, or a smaller crop.",
+        ),
+        (
+            {"inception_crop": True, "train_scale": (256, 512), "crop_size": 224},
+            "config.inception_crop replaces scale jittering: give config.crop_size (e.g. 224) "
+            "and config.train_scale=().",
+        ),
+        ({"inception_crop": True, "crop_size": 0}, "config.inception_crop replaces"),
+    ],
+)
+def test_augmentation_fields_that_cannot_work_together_are_refused_at_the_boundary(
+    overrides, message
+):
+    """Before any data is read (TrainAugmentation would refuse them only once the pipeline is
+    built, with TensorFlow loaded and the work directory held)."""
+    config = get_config()
+    config.update(overrides)
+    with pytest.raises(TrainingError) as raised:
+        validate_config(config)
+    assert str(raised.value).startswith(message)
+
+
 def test_the_config_check_starts_no_jax_backend():
     """train.py checks the config before jax.distributed.initialize, which must come first."""
     import subprocess

@@ -289,7 +289,24 @@ def _first_problem(fields: dict) -> str | None:
         resolve_model_name(fields["model"])
     except ValueError as error:
         return f"config.model: {error}"
-    return first_problem(fields, RULES, "config.")
+    return first_problem(fields, RULES, "config.") or _augmentation_problem(fields)
+
+
+def _augmentation_problem(fields: dict) -> str | None:
+    """What the fields of the training augmentation cannot do together (TrainAugmentation
+    refuses the same, later: here train.py says it before any data is read)."""
+    scale, crop = tuple(fields["train_scale"]), fields["crop_size"]
+    if scale and crop and crop > scale[0]:
+        return (
+            f"config.crop_size={crop} is larger than the smallest training scale "
+            f"(config.train_scale={scale}): use S_min >= {crop}, or a smaller crop."
+        )
+    if fields["inception_crop"] and (not crop or scale):
+        return (
+            "config.inception_crop replaces scale jittering: give config.crop_size (e.g. "
+            "224) and config.train_scale=()."
+        )
+    return None
 
 
 def _sections(fields: dict) -> TrainingConfig:
