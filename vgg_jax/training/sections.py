@@ -289,7 +289,8 @@ def _first_problem(fields: dict) -> str | None:
         resolve_model_name(fields["model"])
     except ValueError as error:
         return f"config.model: {error}"
-    return first_problem(fields, RULES, "config.") or _augmentation_problem(fields)
+    rest = {name: rule for name, rule in RULES.items() if name not in choices}
+    return first_problem(fields, rest, "config.") or _augmentation_problem(fields)
 
 
 def _augmentation_problem(fields: dict) -> str | None:
