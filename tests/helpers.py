@@ -1,5 +1,6 @@
 """What the tests share: paths, a free port, train.py as a user runs it, jitted init and apply,
-the shrunken training configs, a small training setup and its batches, and checkpoint readers.
+the shrunken training configs, a small training setup and its batches, checkpoint readers, and
+train.py as the fault tests drive it. (A folder data set with bad files: image_folders.py.)
 """
 
 import functools
@@ -8,6 +9,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -173,3 +175,36 @@ def saved_state(workdir, step=None):
     state = store.restore_arrays(step if step is not None else store.steps()[-1])
     store.close()
     return state
+
+
+# train.py as the fault tests drive it (tests/training/test_faults.py, test_fault_matrix.py).
+
+
+def tiny_flags(workdir, digits_dir, **overrides) -> list[str]:
+    """train.py flags giving helpers.tiny_config (the in-process `uninterrupted_run`'s:
+    30 steps), logging every step, with `overrides`."""
+    config = tiny_config(digits_dir, **{"max_steps": 30, "log_every_steps": 1, **overrides})
+    default = get_config()
+    changed = {key: value for key, value in config.items() if value != default[key]}
+    return [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in changed.items()]
+
+
+def wait_until(condition, process, timeout=180, what="the condition"):
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"train.py exited early waiting for {what}: "
+                                 f"{process.stderr.read()[-3000:]}")  # fmt: skip
+        if time.time() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def assert_same_params(workdir, reference_workdir):
+    ours, expected = saved_state(workdir), saved_state(reference_workdir)
+    assert int(ours["step"]) == int(expected["step"])
+    ours, expected = flat_arrays(ours["params"]), flat_arrays(expected["params"])
+    assert ours.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(ours[name], expected[name], err_msg=name)

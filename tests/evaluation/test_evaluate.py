@@ -42,7 +42,7 @@ def trained(digits_dir, tmp_path_factory):
 def test_evaluation_names_and_counts_the_images_it_skips(trained, tmp_path, caplog):
     """As training does: the unreadable test images named on the console, not only in the
     report (the command's logging shows vgg_jax's warnings)."""
-    from test_image_folder import BAD_FILES, make_folder
+    from image_folders import BAD_FILES, make_folder
 
     builder = sources.get_builder(str(make_folder(tmp_path / "pets")))
     with caplog.at_level("WARNING", logger="vgg_jax"):

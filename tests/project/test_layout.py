@@ -113,3 +113,13 @@ def test_the_tests_mirror_the_package():
     assert (tests / "training" / "test_checkpoints.py").is_file()
     helpers = [path.name for path in tests.glob("*/*.py") if not path.name.startswith("test_")]
     assert helpers == [], f"helpers belong at the top of tests/: {helpers}"
+    borrowing = [
+        f"{path.relative_to(tests)} imports {name}"
+        for path in tests.rglob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom | ast.Import)
+        for name in ([node.module] if isinstance(node, ast.ImportFrom) else
+                     [alias.name for alias in node.names])  # fmt: skip
+        if name and name.startswith("test_")
+    ]
+    assert borrowing == [], f"what tests share goes in a helper module: {borrowing}"

@@ -21,8 +21,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, python_env, start_train_py
-from test_faults import tiny_flags, wait_until
+from helpers import ROOT, python_env, start_train_py, tiny_flags, wait_until
 
 from vgg_jax.training.checkpoints import UNREADABLE_FOLDER, Checkpoints
 from vgg_jax.training.signals import INTERRUPTED_TWICE
@@ -230,7 +229,7 @@ def test_fault_matrix(case, finished, digits_dir, tmp_path, request):
         request.addfinalizer(undo)
     fill = {"w": str(finished), "image": str(an_image(tmp_path))}
     if any("{folder" in arg for arg in command):
-        from test_image_folder import make_folder
+        from image_folders import make_folder
 
         fill["folder"] = str(make_folder(tmp_path / "pets"))
         fill["folder_not_utf8"] = str(with_a_name_not_utf8(make_folder(tmp_path / "cafe")))
@@ -300,7 +299,7 @@ def test_a_second_run_on_a_work_directory_is_refused_and_the_first_keeps_its_wor
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("step", "best_step", "best_top1_accuracy"):
         assert summary[key] == uninterrupted_run[1][key], key
-    from test_faults import assert_same_params
+    from helpers import assert_same_params
 
     assert_same_params(tmp_path, uninterrupted_run[0])
 

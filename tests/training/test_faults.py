@@ -20,15 +20,17 @@ import time
 import numpy as np
 import pytest
 from helpers import (
+    assert_same_params,
     flat_arrays,
     free_port,
     run_train_py,
     saved_state,
     start_train_py,
     tiny_config,
+    tiny_flags,
+    wait_until,
 )
 
-from vgg_jax.configs import get_config
 from vgg_jax.training.checkpoints import (
     UNREADABLE_FOLDER,
     CheckpointNotFound,
@@ -36,27 +38,6 @@ from vgg_jax.training.checkpoints import (
 )
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
 from vgg_jax.training.workdir import LOCK_FILE, in_use_message
-
-
-def tiny_flags(workdir, digits_dir, **overrides) -> list[str]:
-    """train.py flags giving helpers.tiny_config (the in-process `uninterrupted_run`'s:
-    30 steps), logging every step, with `overrides`."""
-    config = tiny_config(digits_dir, **{"max_steps": 30, "log_every_steps": 1, **overrides})
-    default = get_config()
-    changed = {key: value for key, value in config.items() if value != default[key]}
-    return [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in changed.items()]
-
-
-def wait_until(condition, process, timeout=180, what="the condition"):
-    deadline = time.time() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"train.py exited early waiting for {what}: "
-                                 f"{process.stderr.read()[-3000:]}")  # fmt: skip
-        if time.time() > deadline:
-            process.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def logged_steps(workdir) -> list[int]:
@@ -70,15 +51,6 @@ def committed_steps(workdir) -> list[int]:
     if not folder.exists():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-def assert_same_params(workdir, reference_workdir):
-    ours, expected = saved_state(workdir), saved_state(reference_workdir)
-    assert int(ours["step"]) == int(expected["step"])
-    ours, expected = flat_arrays(ours["params"]), flat_arrays(expected["params"])
-    assert ours.keys() == expected.keys()
-    for name in expected:
-        np.testing.assert_array_equal(ours[name], expected[name], err_msg=name)
 
 
 def test_kill_9_mid_training_resumes_losing_at_most_one_checkpoint_interval(
@@ -217,7 +189,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_a_good_checkpoint(
 
 
 def test_bad_images_mid_epoch_are_skipped_named_counted_once_and_training_goes_on(tmp_path):
-    from test_image_folder import BAD_FILES, make_folder
+    from image_folders import BAD_FILES, make_folder
 
     folder = make_folder(tmp_path / "pets")  # 3 bad files among 23
     config = tiny_config(
