@@ -25,10 +25,10 @@ from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, L
 from vgg_jax.files import write_atomically
 from vgg_jax.training.integrity import state_digest, verify
 from vgg_jax.training.noise import (
+    AbandonedReadsQuieted,
     a_missing_metric_warning,
     absl_level,
     absl_records_dropped,
-    abandoned_reads_quieted,
 )
 from vgg_jax.training.sections import upgraded_saved_config
 from vgg_jax.training.workdir import checkpoint_choice
@@ -78,7 +78,7 @@ class Checkpoints:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep}.")
         self.directory = pathlib.Path(directory).absolute()
         self.unreadable: dict[int, Exception] = {}  # step -> why, as found by first_readable
-        self._quieted = contextlib.ExitStack()  # abandoned reads' noise, until close()
+        self._quieted = contextlib.ExitStack()  # abandoned reads' noise (see close)
         self._quieting = False
         if not read_only:
             self._metrics_from_records()
@@ -206,7 +206,7 @@ class Checkpoints:
         ../unreadable_checkpoints/. Errors of `check_record` are not caught."""
         steps = list(steps)
         if not self._quieting:
-            self._quieted.enter_context(abandoned_reads_quieted())
+            self._quieted.enter_context(AbandonedReadsQuieted())
             self._quieting = True
         for index, step in enumerate(steps):
             last = index == len(steps) - 1
@@ -305,11 +305,19 @@ class Checkpoints:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Closes the manager. The quieting of abandoned reads ends here unless a read failed:
+        then the reads orbax abandoned still end later, as late as the interpreter's shutdown
+        (seen: a command that stops at an unreadable checkpoint printed their tracebacks
+        after its one-line error), orbax offers no way to wait for them, and the quieting
+        stays for the rest of the process."""
         try:
             await_tmp_cleanup(self.manager)
             self.manager.close()
         finally:
-            self._quieted.close()
+            if self.unreadable:
+                self._quieted.pop_all()  # left in place, on purpose (above)
+            else:
+                self._quieted.close()
 
 
 # The one use of orbax's private API. Its close does not wait for the clean-up of half-written

@@ -1,6 +1,7 @@
 """Where the noise of absl, orbax and asyncio is quieted, each for no longer than the call or
-the reader that causes it: a warning that is expected by design, or tracebacks of reads orbax abandoned, would
-otherwise hide the one message that matters."""
+the reader that causes it (one exception, explained at Checkpoints.close): a warning that is
+expected by design, or tracebacks of reads orbax abandoned, would otherwise hide the one
+message that matters."""
 
 from __future__ import annotations
 
@@ -47,41 +48,39 @@ def a_missing_metric_warning(record: logging.LogRecord) -> bool:
     return "did not provide metrics" in record.getMessage()
 
 
-@contextlib.contextmanager
-def abandoned_reads_quieted() -> Iterator[None]:
+class AbandonedReadsQuieted:
     """After a failed read, orbax abandons the checkpoint's other reads. Each ends as a
     traceback: unraisable "Event loop is closed" errors, and asyncio's "Task exception was
     never retrieved" for reads that failed too. Within the block those alone go to the debug
-    log; every other error passes on. They end while the failed read returns (measured: all
-    before it had), so the block is the reader's life (Checkpoints, until closed); at its end
-    garbage collection makes any abandoned task still unreported report, while still quieted.
-    A hook installed after this one and still in place is left there, with this one passing
-    everything on."""
-    previous = sys.unraisablehook
-    quieting = True
+    log; every other error passes on. At its end, garbage collection makes any abandoned task
+    still unreported report, while still quieted. A hook installed after this one and still in
+    place is left there, with this one passing everything on. (Checkpoints keeps the block
+    open past its close once a read has failed: see Checkpoints.close.)"""
 
-    def hook(unraisable):
+    def __enter__(self) -> AbandonedReadsQuieted:
+        self.previous, self.quieting = sys.unraisablehook, True
+        sys.unraisablehook = self.hook
+        logging.getLogger("asyncio").addFilter(self.abandoned_read_failed)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        gc.collect()
+        self.quieting = False
+        logging.getLogger("asyncio").removeFilter(self.abandoned_read_failed)
+        if sys.unraisablehook == self.hook:  # (a bound method: equal, not the same object)
+            sys.unraisablehook = self.previous
+
+    def hook(self, unraisable) -> None:
         error = unraisable.exc_value
-        if quieting and isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if self.quieting and closed_loop:
             _logger.debug("An abandoned checkpoint read ended after its event loop closed.")
             return
-        previous(unraisable)
+        self.previous(unraisable)
 
-    def abandoned_read_failed(record: logging.LogRecord) -> bool:
+    def abandoned_read_failed(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message.startswith("Task exception was never retrieved") and "OCDBT" in message:
             _logger.debug("An abandoned checkpoint read failed too: %s", message)
             return False
         return True
-
-    asyncio_logger = logging.getLogger("asyncio")
-    sys.unraisablehook = hook
-    asyncio_logger.addFilter(abandoned_read_failed)
-    try:
-        yield
-    finally:
-        gc.collect()
-        quieting = False
-        asyncio_logger.removeFilter(abandoned_read_failed)
-        if sys.unraisablehook is hook:
-            sys.unraisablehook = previous
