@@ -28,10 +28,8 @@ import statistics
 import tempfile
 import time
 
-GROUPS = (
-    "convolution forward", "convolution input-gradient", "convolution weight-gradient",
-    "pooling and its gradient", "elementwise and reductions", "copies and transposes", "other",
-)  # fmt: skip
+from benchmarks.profile_summary import GROUPS, attribute, find_trace, hlo_groups
+
 POOLED = ((1, 64), (2, 128), (4, 256), (8, 512))  # LPIPS's pool1..pool4 inputs: (divisor, C)
 
 
@@ -136,49 +134,6 @@ def pool_probe(args) -> dict:
                         "torch max-pool forward+backward": torch_run}, args.repeats)  # fmt: skip
 
 
-def hlo_groups(hlo_text: str) -> tuple[dict, dict]:
-    """({entry instruction: group}, {kind of convolution: their batch sizes}) of a compiled
-    module's HLO text: each instruction of the entry computation is one thunk in the trace,
-    grouped by what it (or the fusion it calls) computes."""
-    bodies, current = {}, None
-    for line in hlo_text.splitlines():
-        header = re.match(r"(ENTRY )?%?([\w.\-]+) .*\{$", line)
-        if header:
-            current = "ENTRY" if header.group(1) else header.group(2)
-            bodies[current] = []
-        elif current is not None:
-            bodies[current].append(line)
-    kernels = {tuple(sorted(map(int, dims.split(","))))
-               for dims in re.findall(r"f32\[(3,3,\d+,\d+)\]\S* parameter", hlo_text)}
-    groups, batches = {}, {"forward": [], "input-gradient": [], "weight-gradient": []}
-    for line in bodies["ENTRY"]:
-        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?)[\]})] ([a-z][\w\-]*)\(", line)
-        if not match:
-            continue
-        name, shape, opcode = match.groups()
-        called = re.search(r"calls=%([\w.\-]+)", line)
-        text = "\n".join(bodies.get(called.group(1), [])) + line if called else line
-        convolutions = re.findall(r"= f32\[([\d,]*)\]\S* convolution\(", text)
-        for output in convolutions:  # a fusion may hold several
-            dims = [int(d) for d in output.split(",")]
-            kind = "input-gradient" if "transpose(jvp(" in line else "forward"
-            kind = "weight-gradient" if tuple(sorted(dims)) in kernels else kind
-            groups[name] = f"convolution {kind}"
-            batches[kind].append(dims[0])
-        if convolutions:
-            continue
-        if re.search(r"reduce-window|select-and-scatter|scatter\(|iota", text) or (
-            shape.lstrip("(").startswith("s32")  # the max-pool gradient's argmax indices
-        ):
-            groups[name] = "pooling and its gradient"
-        elif re.search(r"transpose|copy", name) or opcode in ("copy", "transpose"):
-            groups[name] = "copies and transposes"
-        elif opcode not in ("parameter", "constant", "get-tuple-element", "bitcast", "tuple"):
-            elementwise = opcode in ("fusion", "reduce", "add", "multiply", "broadcast")
-            groups[name] = "elementwise and reductions" if elementwise else "other"
-    return groups, {f"{kind} convolutions": sizes for kind, sizes in batches.items()}
-
-
 def lpips_pair(args):
     """(vgg_jax's jitted LPIPS gradient and its inputs, lpips's forward + backward): both on
     --batch pairs, random weights."""
@@ -218,7 +173,7 @@ def jax_profile(gradient, inputs, directory: pathlib.Path) -> tuple[dict, float,
     jax.block_until_ready(gradient(*inputs))
     wall = time.perf_counter() - start
     jax.profiler.stop_trace()
-    trace = json.load(gzip.open(sorted(directory.rglob("*.trace.json.gz"))[-1]))
+    trace = json.load(gzip.open(find_trace(directory)))
     spans = [(e["ts"], e["ts"] + e["dur"], groups[e["name"]]) for e in trace["traceEvents"]
              if e.get("ph") == "X" and "dur" in e and e.get("name") in groups]  # fmt: skip
     facts["per-op events"] = len(spans)
@@ -226,24 +181,6 @@ def jax_profile(gradient, inputs, directory: pathlib.Path) -> tuple[dict, float,
     times = attribute(spans)
     facts["overlap (summed op time / attributed)"] /= max(sum(times.values()), 1e-9)
     return times, wall * 1e3, facts
-
-
-def attribute(spans) -> dict:
-    """{group: ms} of (start, end, group) spans in microseconds that may overlap (the thunk
-    runtime runs independent operations at once): each instant's time is shared among the
-    spans running then, so the groups add up to the time anything ran."""
-    times = dict.fromkeys(GROUPS, 0.0)
-    edges = sorted({t for a, b, _ in spans for t in (a, b)})
-    starts = sorted(spans)
-    active, index = [], 0
-    for left, right in zip(edges, edges[1:]):
-        while index < len(starts) and starts[index][0] <= left:
-            active.append(starts[index])
-            index += 1
-        active = [span for span in active if span[1] > left]
-        for _, _, group in active:
-            times[group] += (right - left) / 1e3 / len(active)
-    return times
 
 
 def torch_group(name: str) -> str:
