@@ -6,6 +6,7 @@ run from the repository root as `python -m benchmarks.<name> --help`:
   experiments: variants), with profile_summary for where the device time goes;
 - input_pipeline: input images/s per CPU core against torchvision's;
 - lpips_speed: LPIPS and DISTS, forward and forward + backward, against their references;
+- lpips_backward: where LPIPS's forward + backward spends its CPU time, against lpips's;
 - train_memory: the peak memory of a train step and the largest batch that fits;
 - recipe_sweep and reproduce: the default recipe over seeds, dtypes and XLA settings, and
   every figure of docs/reproducibility.md;

@@ -89,11 +89,16 @@ class DISTS(nn.Module):
     def __call__(self, images0: jax.Array, images1: jax.Array, reduction: str = "none"):
         check_reduction(reduction)
         check_image_pair(images0, images1, "DISTS", (0, 1), DISTS_RANGE_HINT)
-        both = jnp.concatenate([images0, images1]).astype(jnp.float32)
         mean, stddev = jnp.asarray(MEAN_RGB) / 255, jnp.asarray(STDDEV_RGB) / 255
-        features = self.backbone.extract_features((both - mean) / stddev, DISTS_LAYERS)
-        stages = [both] + [features[name] for name in DISTS_LAYERS]
-        channels = [stage.shape[-1] for stage in stages]  # DISTS_CHANNELS at full width
+        images0, images1 = images0.astype(jnp.float32), images1.astype(jnp.float32)
+        # One backbone pass per batch, not one on both concatenated (as LPIPS): a gradient
+        # with respect to one batch then runs the backward through its own pass alone.
+        features0, features1 = (
+            self.backbone.extract_features((images - mean) / stddev, DISTS_LAYERS)
+            for images in (images0, images1)
+        )
+        pairs = [(images0, images1)] + [(features0[n], features1[n]) for n in DISTS_LAYERS]
+        channels = [x.shape[-1] for x, _ in pairs]  # DISTS_CHANNELS at full width
         weights = {
             name: self.param(name, _average, (sum(channels),), jnp.float32)
             for name in ("alpha", "beta")
@@ -102,21 +107,20 @@ class DISTS(nn.Module):
         splits = [sum(channels[: index + 1]) for index in range(len(channels) - 1)]
         alphas, betas = (jnp.split(weights[k] / total, splits) for k in ("alpha", "beta"))
         distance = 0.0
-        for stage, alpha, beta in zip(stages, alphas, betas, strict=True):
-            structure, texture = self.stage_distances(stage.astype(jnp.float32))
+        for (x, y), alpha, beta in zip(pairs, alphas, betas, strict=True):
+            structure, texture = self.stage_distances(*(v.astype(jnp.float32) for v in (x, y)))
             distance = distance + structure @ alpha + texture @ beta
         return reduce_batch(distance, reduction)
 
-    def stage_distances(self, stage: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def stage_distances(self, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(N, C) one minus the structure and one minus the texture similarity of one stage's
-        (2N, H, W, C) maps, the first N against the last N. DISTS_pt.py computes 1 - sum of
+        (N, H, W, C) maps x against y. DISTS_pt.py computes 1 - sum of
         the weighted similarities, S1 = (2 x y + c1) / (x^2 + y^2 + c1) of the means and
         S2 = (2 cov + c2) / (var x + var y + c2); with the weights summing to one that is
         the sum of the weighted 1 - S1 = (x - y)^2 / (x^2 + y^2 + c1) and 1 - S2 =
         var(x - y) / (var x + var y + c2), the same in exact arithmetic, but in float32
         without the cancellation of 1 - S near 1 (which costs the reference's own float32
         up to 5e-5 of small distances)."""
-        x, y = jnp.split(stage, 2)
         x_mean, y_mean = jnp.mean(x, axis=(1, 2)), jnp.mean(y, axis=(1, 2))
         structure = (x_mean - y_mean) ** 2 / (x_mean**2 + y_mean**2 + self.c1)
         x_centred, y_centred = x - x_mean[:, None, None], y - y_mean[:, None, None]

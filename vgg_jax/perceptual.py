@@ -106,14 +106,19 @@ class LPIPS(nn.Module):
         check_reduction(reduction)
         check_image_pair(images0, images1)
         shift, scale = jnp.asarray(LPIPS_SHIFT), jnp.asarray(LPIPS_SCALE)
-        both = (jnp.concatenate([images0, images1]) - shift) / scale
-        features = self.backbone.extract_features(both, LPIPS_LAYERS)
+        # One backbone pass per batch, not one on both concatenated: a gradient with respect
+        # to one batch (LPIPS as a loss) then runs the backward through that batch's pass
+        # alone; on the concatenation XLA ran it through both, twice the input-gradient
+        # convolutions (benchmarks/lpips_backward.py).
+        features0, features1 = (
+            self.backbone.extract_features((images - shift) / scale, LPIPS_LAYERS)
+            for images in (images0, images1)
+        )
         total = 0.0
         for name in LPIPS_LAYERS:
-            feature = features[name].astype(jnp.float32)
-            weights = self.param(f"linear_{name}", _average, (feature.shape[-1],), jnp.float32)
-            unit = feature / (jnp.sqrt(jnp.sum(feature**2, -1, keepdims=True)) + self.epsilon)
-            first, second = jnp.split(unit, 2)
+            channels = features0[name].shape[-1]
+            weights = self.param(f"linear_{name}", _average, (channels,), jnp.float32)
+            first, second = (self._unit(f[name]) for f in (features0, features1))
             weighted = jnp.einsum("nhwc,c->nhw", (first - second) ** 2, weights)
             if spatial:
                 shape = (weighted.shape[0], *images0.shape[1:3])
@@ -121,6 +126,11 @@ class LPIPS(nn.Module):
             else:
                 total = total + jnp.mean(weighted, axis=(1, 2))
         return reduce_batch(total, reduction)
+
+    def _unit(self, feature: jax.Array) -> jax.Array:
+        """lpips's normalize_tensor: each position's channel vector over its norm."""
+        feature = feature.astype(jnp.float32)
+        return feature / (jnp.sqrt(jnp.sum(feature**2, -1, keepdims=True)) + self.epsilon)
 
 
 def _average(key, shape, dtype):

@@ -160,6 +160,31 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     assert "lpips forward" not in alone.stdout and "vgg_jax forward+backward" in alone.stdout
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("lpips") is None, reason="the lpips package is not installed"
+)
+def test_lpips_backward_breakdown_prints_every_section_with_positive_figures(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.lpips_backward", "--quick",
+               "--json", str(tmp_path / "backward.json")]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for section in ("a. VGG16's convolutions alone", "b. max pooling", "c. LPIPS forward"):
+        assert section in completed.stdout, completed.stdout
+    results = json.loads((tmp_path / "backward.json").read_text())
+    assert len(results["convolutions"]) == 13  # conv1_1 ... conv5_3
+    figures = [f for row in results["convolutions"].values() for f in row.values()]
+    figures += [*results["pooling"].values(), *results["whole graph"]["wall seconds"].values()]
+    assert len(figures) == 13 * 4 + 2 + 2 and all(f["median"] > 0 for f in figures)
+    profiles = results["whole graph"]["profile ms"]
+    for side in ("jax", "torch"):  # both profiles found their convolutions
+        assert profiles[side]["convolution forward"]["median"] > 0, profiles
+        assert profiles[side]["convolution input-gradient"]["median"] > 0, profiles
+    facts = results["whole graph"]["facts"]
+    assert facts["weight-gradient convolutions"] == []  # the gradient is the image's alone
+    assert set(facts["input-gradient convolutions"]) == {1}  # the first image's pass only
+    assert facts["per-op events"] > 0
+
+
 def test_every_listed_mutant_applies_to_the_tree_and_answers_to_existing_tests():
     """benchmarks/mutation.py's bugs still fit the code (each text once in its module) and
     each module's tests exist: a rewrite that leaves a mutant stale fails here, not silently."""
