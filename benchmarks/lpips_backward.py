@@ -220,7 +220,8 @@ def whole_graph(args) -> dict:
     runs = collections.defaultdict(lambda: collections.defaultdict(list))
     with tempfile.TemporaryDirectory() as temporary:
         for repeat in range(args.repeats):
-            times, wall, facts = jax_profile(gradient, inputs, pathlib.Path(temporary) / str(repeat))
+            folder = pathlib.Path(temporary) / str(repeat)
+            times, wall, facts = jax_profile(gradient, inputs, folder)
             for group, ms in [*times.items(), ("profiled wall", wall)]:
                 runs["jax"][group].append(ms)
             times, wall = torch_profile(torch_step)

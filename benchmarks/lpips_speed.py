@@ -89,7 +89,9 @@ def torch_rows(args) -> dict:
     finish = torch.cuda.synchronize if device == "cuda" else lambda: None
     torch.manual_seed(0)
     model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
-    model = model.eval().to(device)
+    # The metric's weights fixed, as in the loss use and in vgg_jax's rows: the backward
+    # computes the image's gradient only (lpips leaves its linear layers trainable).
+    model = model.eval().requires_grad_(False).to(device)
     shape = (args.batch, 3, args.size, args.size)
     images0, images1 = (torch.rand(shape, device=device) * 2 - 1 for _ in range(2))
 
@@ -122,7 +124,7 @@ def dists_torch_rows(args, device: str, finish) -> dict:
     # DISTS_pt builds models.vgg16(pretrained=True), a download: the same network, random.
     random_vgg = staticmethod(lambda **kwargs: torchvision.models.vgg16(weights=None))
     reference.models = type("Models", (), {"vgg16": random_vgg})
-    model = reference.DISTS(load_weights=False).eval().to(device)
+    model = reference.DISTS(load_weights=False).eval().requires_grad_(False).to(device)
     shape = (args.batch, 3, args.size, args.size)
     images0, images1 = (torch.rand(shape, device=device) for _ in range(2))
 

@@ -114,7 +114,9 @@ def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
         "--augmentations", "paper", "--compare-torch", "--dir", str(tmp_path / "jpegs"),
         "--json", str(tmp_path / "rates.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     files = list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))
     sides = [max(PIL.Image.open(f).size) for f in files]
@@ -166,7 +168,9 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
 def test_lpips_backward_breakdown_prints_every_section_with_positive_figures(tmp_path):
     command = [sys.executable, "-m", "benchmarks.lpips_backward", "--quick",
                "--json", str(tmp_path / "backward.json")]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     for section in ("a. VGG16's convolutions alone", "b. max pooling", "c. LPIPS forward"):
         assert section in completed.stdout, completed.stdout
