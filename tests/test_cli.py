@@ -61,7 +61,7 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_test_one():
 def test_help_and_argument_errors_answer_without_loading_tensorflow(command, argv):
     """They used to take 5-15 s, importing TensorFlow and orbax before reading the arguments."""
     code = (
-        f"import sys; from vgg_jax.{command} import main\n"
+        f"import sys; from vgg_jax.cli.{command} import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "print(sorted({'tensorflow', 'orbax'} & {m.split('.')[0] for m in sys.modules}))"
     )
