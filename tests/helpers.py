@@ -1,6 +1,7 @@
-"""What the tests share: paths, a free port, train.py as a user runs it, jitted init and apply,
-the shrunken training configs, a small training setup and its batches, checkpoint readers, and
-train.py as the fault tests drive it. (A folder data set with bad files: image_folders.py.)
+"""What the tests share: paths, a free port, a Python started from the repository root,
+train.py as a user runs it, jitted init and apply, a metric's input gradient, the shrunken
+training configs, a small training setup and its batches, checkpoint readers, and train.py as
+the fault tests drive it. (A folder data set with bad files: image_folders.py.)
 """
 
 import functools
@@ -32,6 +33,15 @@ def python_env(env=None, *paths) -> dict:
     inherited = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path]
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, paths), *inherited])
     return env
+
+
+def run_python(*args, env=None, cwd=ROOT, timeout=300) -> subprocess.CompletedProcess:
+    """`python *args` (`"-c", code`, `"-m", module` or a script), in the repository root unless
+    told, with python_env(env): its exit code, stdout and stderr as text."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+        env=python_env(env), timeout=timeout, check=False,
+    )  # fmt: skip
 
 
 def free_port() -> int:
@@ -91,6 +101,13 @@ def apply(model, variables, x, rngs=None, **options):
 def relative_error(actual, expected):
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+
+
+def input_gradient(metric, variables, images0, images1):
+    """d sum(metric(x, images1)) / dx at images0, the variables an argument (not folded into
+    the compiled program as constants, which slows XLA's compilation by minutes)."""
+    loss = lambda x, v: metric.apply(v, x, images1, reduction="sum")  # noqa: E731
+    return np.asarray(jax.jit(jax.grad(loss))(images0, variables), np.float64)
 
 
 def tree_relative_error(actual, expected):

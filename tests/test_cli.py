@@ -1,11 +1,9 @@
 """`python -m vgg_jax` (the layer table) and the README's promises about its commands and CI."""
 
 import re
-import subprocess
-import sys
 
 import pytest
-from helpers import ROOT, python_env
+from helpers import ROOT, run_python
 
 from vgg_jax.__main__ import main
 
@@ -27,13 +25,8 @@ def test_demo_rejects_an_unknown_model(capsys):
 
 
 def test_demo_runs_as_a_module_from_another_folder(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "vgg_jax", "vgg11_lrn", "--image-size", "32", "--width", "0.25"],
-        cwd=tmp_path,
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_python(
+        "-m", "vgg_jax", "vgg11_lrn", "--image-size", "32", "--width", "0.25", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert re.search(r"lrn1\s+32x32x16", result.stdout)
@@ -65,9 +58,7 @@ def test_help_and_argument_errors_answer_without_loading_tensorflow(command, arg
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "print(sorted({'tensorflow', 'orbax'} & {m.split('.')[0] for m in sys.modules}))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
     assert "usage: python -m vgg_jax." in result.stdout + result.stderr

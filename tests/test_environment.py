@@ -1,10 +1,7 @@
 """`import vgg_jax` checks the installed libraries' versions before importing jax (the notebooks
 install vgg_jax without its dependencies in Colab, keeping Colab's jax and tensorflow)."""
 
-import subprocess
-import sys
-
-from helpers import python_env
+from helpers import run_python
 
 from vgg_jax.environment import unmet_requirements
 
@@ -53,9 +50,7 @@ def test_importing_vgg_jax_with_an_old_jax_says_what_to_do_before_importing_jax(
         "    print(error)\n"
         "print('jax imported:', 'jax' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "vgg_jax needs jax>=0.10 (installed: 0.4.30)" in result.stdout
     assert "pip install -U 'jax>=0.10'" in result.stdout and "Restart session" in result.stdout

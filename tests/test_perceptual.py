@@ -2,14 +2,12 @@
 training loops (jit, gradients, bfloat16), and one clear error for each bad input."""
 
 import importlib.util
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TESTS, python_env, relative_error
+from helpers import TESTS, input_gradient, relative_error, run_python
 from safetensors.numpy import save_file
 
 import vgg_jax
@@ -24,11 +22,7 @@ def reference(tmp_path_factory):
     """lpips's distances and maps (tests/lpips_reference.py) and its random VGG16 backbone,
     saved as a .safetensors file with torchvision's keys."""
     folder = tmp_path_factory.mktemp("lpips")
-    script = TESTS / "lpips_reference.py"
-    completed = subprocess.run(
-        [sys.executable, str(script), str(folder / "reference.npz")],
-        capture_output=True, text=True, timeout=600, env=python_env(),
-    )  # fmt: skip
+    completed = run_python(TESTS / "lpips_reference.py", folder / "reference.npz", timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     arrays = dict(np.load(folder / "reference.npz"))
     state = {k.removeprefix("state/"): v for k, v in arrays.items() if k.startswith("state/")}
@@ -73,14 +67,13 @@ def test_lpips_gradients_are_as_close_to_float64_as_the_package_in_float32(refer
     module, variables = vgg_jax.load_lpips(backbone=str(backbone))
     pairs = arrays["gradient_pairs"]
     images0, images1 = arrays["images0"][pairs], arrays["images1"][pairs]
-    grad = jax.jit(jax.grad(lambda x: module.apply(variables, x, images1, reduction="sum")))
-    ours = np.asarray(grad(images0), np.float64)
+    ours = input_gradient(module, variables, images0, images1)
     exact, theirs = arrays["gradient_float64"], arrays["gradient_float32"]
     their_error = max(relative_error(theirs[i], exact[i]) for i in range(len(pairs)))
     for index in range(len(pairs)):
         assert relative_error(ours[index], exact[index]) <= 2 * their_error, index
     low = perceptual.LPIPS(vgg_jax.vgg16(dtype=jnp.bfloat16))
-    low_grad = jax.jit(jax.grad(lambda x: low.apply(variables, x, images1).sum()))(images0)
+    low_grad = input_gradient(low, variables, images0, images1)
     assert relative_error(low_grad, ours) < 0.25  # measured 0.18
 
 

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import python_env
+from helpers import run_python
 from tfds_mocks import mocked_tfds
 
 from vgg_jax.configs import get_config
@@ -177,16 +177,11 @@ def test_augmentation_fields_that_cannot_work_together_are_refused_at_the_bounda
 
 def test_the_config_check_starts_no_jax_backend():
     """train.py checks the config before jax.distributed.initialize, which must come first."""
-    import subprocess
-    import sys
-
     code = (
         "from jax._src import xla_bridge; from vgg_jax.configs import get_config; "
         "from vgg_jax.training.sections import read_config; read_config(get_config()); "
         "print(xla_bridge.backends_are_initialized())"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"

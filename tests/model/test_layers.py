@@ -1,13 +1,10 @@
 """LRN against the formula evaluated directly in NumPy, and its place in A-LRN."""
 
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import apply, init, python_env
+from helpers import apply, init, run_python
 
 import vgg_jax
 
@@ -44,10 +41,7 @@ def test_lrn_equals_torchs_local_response_norm_with_alpha_times_5(tmp_path):
     process, on activations large enough for the normalisation to matter."""
     a = 30 * np.random.default_rng(2).normal(size=(2, 3, 4, 9)).astype(np.float32)
     np.save(tmp_path / "a.npy", a)
-    completed = subprocess.run(
-        [sys.executable, "-c", TORCH_LRN, str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
-        capture_output=True, text=True, timeout=300, env=python_env(), check=False,
-    )  # fmt: skip
+    completed = run_python("-c", TORCH_LRN, tmp_path / "a.npy", tmp_path / "b.npy")
     assert completed.returncode == 0, completed.stderr[-3000:]
     torch_out = np.load(tmp_path / "b.npy")
     np.testing.assert_allclose(vgg_jax.local_response_norm(a), torch_out, rtol=1e-5, atol=1e-6)

@@ -4,8 +4,6 @@ the same function as the library's layers."""
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from flax import linen as nn
-from helpers import ROOT, python_env
+from helpers import ROOT, run_python
 
 from benchmarks import jax_speed, mutation, throughput, variants
 
@@ -78,12 +76,12 @@ def test_bad_arguments_are_refused_with_the_choices():
 def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
     out = tmp_path / "results"
     command = [
-        sys.executable, "-m", "benchmarks.throughput", "--small", "--model", "vgg11",
+        "-m", "benchmarks.throughput", "--small", "--model", "vgg11",
         "--width", "0.0625",
         "--train-batch-sizes", "2", "--inference-batch-sizes", "2", "--steps", "1",
         "--repeats", "2", "--variants", "reshape_pool", "--torch", "none", "--out", str(out),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=600)
+    completed = run_python(*command, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     rows = results["report"]
@@ -109,14 +107,12 @@ def test_benchmark_runs_on_cpu_and_reports_every_row(tmp_path):
 
 def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
     command = [
-        sys.executable, "-m", "benchmarks.input_pipeline", "--images", "40",
+        "-m", "benchmarks.input_pipeline", "--images", "40",
         "--size-mix", "--batch-size", "8", "--batches", "2", "--cores", "1",
         "--augmentations", "paper", "--compare-torch", "--dir", str(tmp_path / "jpegs"),
         "--json", str(tmp_path / "rates.json"),
     ]  # fmt: skip
-    completed = subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300
-    )
+    completed = run_python(*command)
     assert completed.returncode == 0, completed.stderr[-3000:]
     files = list((tmp_path / "jpegs" / "train").glob("*/*.jpg"))
     sides = [max(PIL.Image.open(f).size) for f in files]
@@ -136,10 +132,10 @@ def test_input_pipeline_benchmark_compares_torchvision_on_a_size_mix(tmp_path):
 )
 def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_path):
     command = [
-        sys.executable, "-m", "benchmarks.lpips_speed", "--size", "32",
+        "-m", "benchmarks.lpips_speed", "--size", "32",
         "--batch", "1", "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "lpips.json"),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=600)
+    completed = run_python(*command, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "lpips.json").read_text())
     assert set(results["pairs_per_second"]) == {
@@ -155,9 +151,7 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     }  # fmt: skip
     assert "vgg_jax / lpips, forward" in completed.stdout and "host cores:" in completed.stdout
     # Where the lpips package is missing (the GPU image), the vgg_jax rows alone.
-    alone = subprocess.run(
-        [*command, "--skip-torch"], capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=600
-    )
+    alone = run_python(*command, "--skip-torch", timeout=600)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "lpips forward" not in alone.stdout and "vgg_jax forward+backward" in alone.stdout
 
@@ -166,11 +160,9 @@ def test_lpips_benchmark_times_both_implementations_and_prints_the_ratios(tmp_pa
     importlib.util.find_spec("lpips") is None, reason="the lpips package is not installed"
 )
 def test_lpips_backward_breakdown_prints_every_section_with_positive_figures(tmp_path):
-    command = [sys.executable, "-m", "benchmarks.lpips_backward", "--quick",
-               "--json", str(tmp_path / "backward.json")]  # fmt: skip
-    completed = subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, env=python_env(), timeout=300
-    )
+    command = ["-m", "benchmarks.lpips_backward", "--quick",
+               "--json", tmp_path / "backward.json"]  # fmt: skip
+    completed = run_python(*command)
     assert completed.returncode == 0, completed.stderr[-3000:]
     for section in ("a. VGG16's convolutions alone", "b. max pooling", "c. LPIPS forward"):
         assert section in completed.stdout, completed.stdout

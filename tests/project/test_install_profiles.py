@@ -5,13 +5,12 @@ TensorFlow is imported."""
 
 import importlib.util
 import json
-import subprocess
 import sys
 import tomllib
 import urllib.request
 
 import pytest
-from helpers import ROOT, TESTS, python_env
+from helpers import ROOT, TESTS, run_python
 from packaging.requirements import Requirement
 
 import vgg_jax
@@ -19,15 +18,7 @@ from vgg_jax.environment import TRAINING_LIBRARIES
 from vgg_jax.perceptual import linear_weights_file
 
 HAVE_REFERENCES = all(importlib.util.find_spec(m) for m in ("torch", "torchvision", "lpips"))
-ENV = python_env()
 HEAVY = ("jax", "flax", "orbax", "tensorflow", "tensorflow_datasets", "torch")
-
-
-def run_python(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600,
-        **kwargs,
-    )  # fmt: skip
 
 
 @pytest.mark.skipif(not HAVE_REFERENCES, reason="torch, torchvision and lpips are not installed")
@@ -36,10 +27,10 @@ def test_base_install_builds_vgg16_loads_pth_files_and_computes_lpips_without_tf
 ):
     """tests/base_install_check.py, with tensorflow, tensorflow_datasets and torch blocked:
     both .pth formats give the same variables, logits and LPIPS equal PyTorch's."""
-    made = run_python(str(TESTS / "torch_files_reference.py"), str(tmp_path), "--vgg16")
+    made = run_python(TESTS / "torch_files_reference.py", tmp_path, "--vgg16", timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
     linear = linear_weights_file(download=False)  # the file the lpips package bundles
-    checked = run_python(str(TESTS / "base_install_check.py"), str(tmp_path), str(linear))
+    checked = run_python(TESTS / "base_install_check.py", tmp_path, linear, timeout=600)
     assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
     result = json.loads(checked.stdout.strip().splitlines()[-1])
     assert result["formats_equal"] and result["imported"] == []
@@ -99,7 +90,7 @@ ARGUMENT_ERRORS = [
 
 @pytest.mark.parametrize("command", HELP + ARGUMENT_ERRORS, ids=" ".join)
 def test_help_and_argument_errors_import_neither_jax_nor_tensorflow(command):
-    result = run_python("-c", REPORT_IMPORTS, *command)
+    result = run_python("-c", REPORT_IMPORTS, *command, timeout=600)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     if command in HELP:  # (absl's --help exits with 1)
         assert "usage:" in result.stdout or "flags:" in result.stdout
@@ -125,7 +116,7 @@ def test_a_base_install_names_the_train_extra(tmp_path):
         "sys.argv = ['train.py']\n"
         "runpy.run_path('train.py', run_name='__main__')\n"
     )
-    result = run_python("-c", code)
+    result = run_python("-c", code, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "pipeline: Training, the input pipeline" in result.stdout
     assert "predict returned 1" in result.stdout

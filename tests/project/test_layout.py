@@ -3,7 +3,7 @@ depends on training code and evaluation sits on top."""
 
 import ast
 
-from helpers import ROOT, python_env
+from helpers import ROOT, run_python
 
 LAYERS = ("model", "data", "weights", "training", "evaluation", "cli")
 
@@ -36,16 +36,11 @@ def test_no_subpackage_imports_one_after_it():
 
 
 def test_importing_vgg_jax_leaves_tensorflow_unloaded_and_inference_loads_on_use():
-    import subprocess
-    import sys
-
     code = (
         "import sys, vgg_jax; assert 'tensorflow' not in sys.modules; "
         "print(vgg_jax.inference.from_checkpoint.__module__)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "vgg_jax.evaluation.inference"
     import vgg_jax
@@ -79,9 +74,6 @@ def test_each_installed_command_is_a_main_of_the_cli():
 def test_every_public_name_loads_from_its_module_on_first_use():
     """`import vgg_jax` imports no jax (the commands' --help is fast); each name of __all__
     loads its module when first used (PEP 562), as do submodules, and dir() lists them all."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, vgg_jax\n"
         "print('jax' in sys.modules)\n"
@@ -93,9 +85,7 @@ def test_every_public_name_loads_from_its_module_on_first_use():
         "print(vgg_jax.evaluation.protocols.center_crop.__module__)  # submodules too\n"
         "print(hasattr(vgg_jax, 'no_such_name'), hasattr(vgg_jax.model, 'no_such_module'))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [
         "False", "True", "D", "vgg_jax.evaluation.protocols", "False", "False",

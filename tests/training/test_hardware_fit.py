@@ -2,8 +2,6 @@
 and the train step's memory known (and checked) before it runs."""
 
 import dataclasses
-import subprocess
-import sys
 import types
 
 import jax
@@ -14,8 +12,7 @@ from flax import struct
 from flax.training.dynamic_scale import DynamicScale
 from helpers import (
     IMAGE_SHAPE,
-    TESTS,
-    python_env,
+    run_python,
     saved_state,
     small_config,
     tiny_config,
@@ -324,14 +321,7 @@ def test_checkpoints_saved_before_loss_scaling_resume_with_a_fresh_scale(tmp_pat
 def test_largest_batch_benchmark_prints_a_batch_that_fits_and_one_more_that_does_not():
     args = ["--model", "vgg11", "--width", "0.125", "--image-size", "32", "--num-classes", "10",
             "--memory-gib", "0.5", "--dtype", "float32"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.train_memory", *args],
-        capture_output=True,
-        text=True,
-        cwd=TESTS.parent,
-        timeout=600,
-        env=python_env(),
-    )
+    result = run_python("-m", "benchmarks.train_memory", *args, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [row for row in result.stdout.splitlines() if row.startswith("largest batch per")]
     assert line, result.stdout

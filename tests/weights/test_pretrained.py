@@ -4,9 +4,8 @@ those libraries' own models where installed, and against known arrays where not.
 import hashlib
 import importlib.util
 import json
+import os
 import re
-import subprocess
-import sys
 
 import h5py
 import jax
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TESTS, python_env, relative_error
+from helpers import TESTS, relative_error, run_python
 
 import vgg_jax
 from vgg_jax.data.normalization import CAFFE_NORMALIZATION, IMAGENET_NORMALIZATION
@@ -55,10 +54,7 @@ def torchvision_references(tmp_path_factory):
     """NAME -> path of the .npz of each torchvision model, all made by one PyTorch process."""
     out = tmp_path_factory.mktemp("torchvision")
     script = TESTS / "torchvision_reference.py"
-    completed = subprocess.run(
-        [sys.executable, str(script), str(out), *TORCHVISION_MODELS_COMPARED],
-        capture_output=True, text=True, env=python_env(),
-    )  # fmt: skip
+    completed = run_python(script, out, *TORCHVISION_MODELS_COMPARED, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return {name: out / f"{name}.npz" for name in TORCHVISION_MODELS_COMPARED}
 
@@ -288,9 +284,8 @@ def test_predict_reads_a_pth_file_and_gives_pytorchs_probabilities(
     image = tmp_path / "grey.png"
     image.write_bytes(tf.io.encode_png(np.full((300, 400, 3), 128, np.uint8)).numpy())  # GREY
     weights = reference.with_suffix(".pth")
-    command = [sys.executable, "-m", "vgg_jax.cli.predict", f"--weights={weights}",
-               "--model=vgg11_bn", "--top=3", str(image)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=python_env())
+    result = run_python("-m", "vgg_jax.cli.predict", f"--weights={weights}", "--model=vgg11_bn",
+                        "--top=3", image, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     expected = np.load(reference.with_suffix(".grey.npy"))
     names = vgg_jax.imagenet_class_names()
@@ -370,9 +365,8 @@ where_offline()  # without $VGG_JAX_CACHE: ~/.cache/vgg_jax
 
 
 def test_the_weights_cache_is_vgg_jax_cache_else_the_home_folders(tmp_path):
-    env = {**python_env(), "VGG_JAX_CACHE": str(tmp_path / "mine")}
-    result = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(tmp_path / "home")],
-                            capture_output=True, text=True, env=env, timeout=300, check=False)  # fmt: skip
+    env = {**os.environ, "VGG_JAX_CACHE": str(tmp_path / "mine")}
+    result = run_python("-c", CACHE_PROBE, tmp_path / "home", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     mine, still_mine, home = result.stdout.split()
     assert mine == still_mine == str(tmp_path / "mine" / "vgg16-397923af.pth")

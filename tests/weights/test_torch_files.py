@@ -6,13 +6,11 @@ pickle that calls any other global is refused before it runs."""
 import importlib.util
 import json
 import pickle
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
-from helpers import TESTS, python_env
+from helpers import TESTS, run_python
 
 from vgg_jax import perceptual
 from vgg_jax.weights import convert, pretrained, torch_files
@@ -34,10 +32,7 @@ PAYLOADS = [f"payload_{kind}_{fmt}" for kind in ("system", "exec") for fmt in ("
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     folder = tmp_path_factory.mktemp("torch_files")
-    completed = subprocess.run(
-        [sys.executable, str(TESTS / "torch_files_reference.py"), str(folder)],
-        capture_output=True, text=True, timeout=600, env=python_env(),
-    )  # fmt: skip
+    completed = run_python(TESTS / "torch_files_reference.py", folder, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return folder, json.loads((folder / "payloads.json").read_text())
 
