@@ -267,8 +267,8 @@ def test_accumulated_float16_run_logs_its_choices_and_resumes_exactly(digits_dir
 def test_a_step_that_does_not_fit_stops_before_training_naming_settings_that_fit(
     digits_dir, tmp_path, monkeypatch
 ):
-    config = tiny_config(digits_dir, model="vgg16", width=0.25, max_steps=1, crop_size=32)
-    setup, state = setup_and_state(model="vgg16", width=0.25, fc_features=32, batch_size=64)
+    config = tiny_config(digits_dir, model="vgg11", width=0.25, max_steps=1, crop_size=32)
+    setup, state = setup_and_state(model="vgg11", width=0.25, fc_features=32, batch_size=64)
     replicated = jax.tree.map(lambda x: jax.ShapeDtypeStruct((4, *x.shape), x.dtype), state)
     batch = memory.batch_spec(16, image_size=32, devices=4)
     full = memory.step_peak(setup, replicated, batch)
@@ -287,7 +287,7 @@ def test_a_step_that_does_not_fit_stops_before_training_naming_settings_that_fit
     suggested = int(message.split("--config.grad_accum_steps=")[1].split()[0])
     assert 1 < suggested <= 4
     summary = train_and_evaluate(
-        tiny_config(digits_dir, model="vgg16", width=0.25, max_steps=1, crop_size=32,
+        tiny_config(digits_dir, model="vgg11", width=0.25, max_steps=1, crop_size=32,
                     grad_accum_steps=suggested),
         tmp_path / "fits",
     )  # fmt: skip
