@@ -66,8 +66,8 @@ def test_dists_gradients_equal_the_reference_in_float64_and_within_float32_round
     turns on which near-zero ReLU outputs round to zero: a channel with a small mean has a
     large structure-term derivative (c1 = 1e-6 in its denominator), so flipping one unit moves
     the gradient. Measured on these pairs: one-ulp changes of the input image moved vgg_jax's
-    float32 error between 1.7e-5 and 8.3e-3 (a 2-core Xeon); the reference's float32 is
-    exposed alike (about 3% on a noisy pair where issue 32 measured it)."""
+    float32 error between 1.7e-5 and 8.3e-3 (a 2-core Xeon). Float32 references are exposed
+    alike (issue 32 saw lpips's float32 gradient 3% off its float64 one on a noisy pair)."""
     arrays, module, variables = reference
     pairs = arrays["gradient_pairs"]
     images0, images1 = arrays["photos0"][pairs], arrays["photos1"][pairs]
