@@ -1,6 +1,6 @@
 """DISTS (vgg_jax.dists): equal to the `DISTS-pytorch` package on the same backbone, its
-gradients as close to the reference's float64 ones as the reference's own float32 are, usable
-in bfloat16, its L2 pooling by definition, and one clear error for each bad input."""
+gradients equal to the reference's in float64 and within float32's rounding of them, usable in
+bfloat16, its L2 pooling by definition, and one clear error for each bad input."""
 
 import importlib.util
 

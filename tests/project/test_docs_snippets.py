@@ -1,11 +1,10 @@
 """Every Python block of the README and of docs/ runs, in order, one namespace per page, with
 weights from a local file (tests/docs_snippets.py says how, and how a block is marked to skip)."""
 
+import os
 import re
-import subprocess
-import sys
 
-from helpers import ROOT, TESTS, python_env
+from helpers import ROOT, TESTS, run_python
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
@@ -19,16 +18,14 @@ def test_every_python_block_of_the_readme_and_the_docs_runs(tmp_path):
     assert ROOT / "README.md" in pages and ROOT / "docs" / "models.md" in pages
     cache = tmp_path / "weights_cache"
     env = {
-        **python_env(),
+        **os.environ,
         "VGG_JAX_CACHE": str(cache),
         # A reader's default XLA flags: with LLVM optimisation off (conftest.py) drawing VGG16's
         # 138 million random initial weights took 4x longer.
         "XLA_FLAGS": "",
     }
-    command = [sys.executable, str(TESTS / "docs_snippets.py"), str(cache), *map(str, pages)]
-    result = subprocess.run(
-        command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-    )
+    script = TESTS / "docs_snippets.py"
+    result = run_python(script, cache, *pages, env=env, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     counted = {
         page: int(ran) + int(skipped)

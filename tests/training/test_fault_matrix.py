@@ -16,12 +16,11 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, python_env, start_train_py, tiny_flags, wait_until
+from helpers import ROOT, run_python, start_train_py, tiny_flags, wait_until
 
 from vgg_jax.training.checkpoints import UNREADABLE_FOLDER, Checkpoints
 from vgg_jax.training.signals import INTERRUPTED_TWICE
@@ -52,15 +51,6 @@ def truncate_everything(workdir, step):
     for file in (workdir / "checkpoints" / str(step) / "state").rglob("*"):
         if file.is_file() and file.stat().st_size > 0:
             file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
-
-
-def python_module(module, *args):
-    return [sys.executable, "-m", module, *args]
-
-
-def run(command, timeout=300):
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                          env=python_env())  # fmt: skip
 
 
 def assert_nothing_lost(workdir, damaged=(), moved=False):
@@ -238,9 +228,9 @@ def test_fault_matrix(case, finished, digits_dir, tmp_path, request):
         run_flags = tiny_flags(finished, digits_dir)[1:]  # the finished run's config
         overridden = {arg.split("=")[0] for arg in args[1:]}
         args = [*args, *(flag for flag in run_flags if flag.split("=")[0] not in overridden)]
-        result = run([sys.executable, str(ROOT / "train.py"), *args[1:]])
+        result = run_python(ROOT / "train.py", *args[1:])
     else:
-        result = run(python_module(*args))
+        result = run_python("-m", *args)
     assert result.returncode == exit_code, result.stderr[-3000:]
     assert message.format(**fill) in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -286,8 +276,7 @@ def test_a_second_run_on_a_work_directory_is_refused_and_the_first_keeps_its_wor
     first = start_train_py(*tiny_flags(tmp_path, digits_dir), fault="delay_save:2",
                            marker=tmp_path.parent / f"{tmp_path.name}-saving")  # fmt: skip
     wait_until(lambda: (tmp_path / "train.log").exists(), first, what="the first run's log")
-    second = run([sys.executable, str(ROOT / "train.py"),
-                  *tiny_flags(tmp_path, digits_dir, seed=1)], timeout=120)  # fmt: skip
+    second = run_python(ROOT / "train.py", *tiny_flags(tmp_path, digits_dir, seed=1), timeout=120)
     assert second.returncode == 75, second.stderr[-3000:]
     assert f"error: Another training run is using {tmp_path} (process {first.pid} on " in (
         second.stderr
