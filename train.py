@@ -21,41 +21,17 @@ except MissingTrainingLibraries as error:
     sys.exit(f"error: {error}")
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "vgg_jax" / "configs" / "default.py"
+from vgg_jax.cli.config_file import (
+    checked_config,
+    define_config_flag,
+    exit_on_unknown_config_field,
+)
+
 # Another run holds the work directory (sysexits' EX_TEMPFAIL: try again once it has finished).
 EXIT_WORKDIR_IN_USE = 75
 
-
-def exit_on_unknown_config_field(parse, *args):
-    """Runs parse(*args), turning ml_collections' chained traceback for an override of a
-    field the configuration lacks (--config.KEY=VALUE) into one line naming the overrides."""
-    overrides = [arg.split("=")[0] for arg in sys.argv[1:] if arg.startswith("--config.")]
-    try:
-        return parse(*args)
-    except (AttributeError, KeyError, TypeError) as error:
-        if not overrides:
-            raise
-        while error.args and isinstance(error.args[0], Exception):
-            error = error.args[0]  # the KeyError inside, with ml_collections' suggestion
-        detail = str(error.args[0] if error.args else error).replace("\n", ". ")
-        from vgg_jax.training.sections import RETIRED_FIELDS
-
-        for field, message in RETIRED_FIELDS.items():
-            if f"--config.{field}" in overrides:
-                detail += f". {message}"
-        sys.exit(
-            f"error: unknown configuration field in {', '.join(overrides)}: {detail} (the fields "
-            f"and their meaning: vgg_jax/configs/default.py)"
-        )
-
-
-# ml_collections applies the overrides to the default configuration here, and to a --config
-# file's when the flags are parsed (app.run below).
-exit_on_unknown_config_field(
-    config_flags.DEFINE_config_file, "config", str(DEFAULT_CONFIG), "Training configuration."
-)
+define_config_flag()
 flags.DEFINE_string("workdir", "runs/default", "Folder for checkpoints, logs and TensorBoard.")
 flags.DEFINE_bool("distributed", False, "Join a multi-host run with jax.distributed.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
@@ -119,20 +95,7 @@ def checked_config_or_exit(workdir: str):
     """The configuration read into its sections, every field checked (vgg_jax.training.
     sections), and a workdir that can be one; otherwise a one-line error, with nothing
     imported or written yet."""
-    try:
-        config = FLAGS.config
-        "model" in config  # noqa: B015 (ml_collections defers a file's load error to a read)
-    except OSError:
-        files = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--config=")]
-        path = files[-1].split(":")[0] if files else str(DEFAULT_CONFIG)
-        why = "no such file" if not os.path.isfile(path) else "it failed to load (see above)"
-        sys.exit(f"error: cannot read the configuration file {path}: {why}.")
-    from vgg_jax.training.sections import ConfigError, read_config
-
-    try:
-        config = read_config(config)
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    config = checked_config(FLAGS["config"])
     from vgg_jax.training.workdir import WorkdirUnusable, check_workdir_path, in_use_message
 
     try:

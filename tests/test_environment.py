@@ -55,3 +55,30 @@ def test_importing_vgg_jax_with_an_old_jax_says_what_to_do_before_importing_jax(
     assert "vgg_jax needs jax>=0.10 (installed: 0.4.30)" in result.stdout
     assert "pip install -U 'jax>=0.10'" in result.stdout and "Restart session" in result.stdout
     assert "jax imported: False" in result.stdout
+
+
+def test_with_libtpu_installed_a_cpu_machine_starts_jax_without_libtpus_warnings():
+    import os
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("JAX_", "TPU_"))}
+    code = "import vgg_jax, jax; print(jax.devices()[0].platform)"
+    result = run_python("-c", code, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (result.stdout, result.stderr) == ("cpu\n", "")
+    # Without vgg_jax, libtpu prints its warnings: the test above can see them.
+    bare = run_python("-c", "import jax; jax.devices()", env=env)
+    assert "TPU_ACCELERATOR_TYPE" in bare.stderr
+
+
+def test_libtpus_environment_is_left_to_the_user_and_to_tpu_machines(monkeypatch, tmp_path):
+    from vgg_jax import environment
+
+    environ = {"TPU_ACCELERATOR_TYPE": "v6e-8"}
+    assert environment.quiet_libtpu_without_tpu(environ)
+    assert environ == {**environment.LIBTPU_QUIET_ENVIRONMENT, "TPU_ACCELERATOR_TYPE": "v6e-8"}
+    google_device = tmp_path / "0000:00:04.0"
+    google_device.mkdir()
+    (google_device / "vendor").write_text("0x1ae0\n")
+    monkeypatch.setattr(environment.glob, "glob", lambda pattern: [str(google_device / "vendor")])
+    environ = {}
+    assert not environment.quiet_libtpu_without_tpu(environ) and environ == {}

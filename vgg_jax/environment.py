@@ -13,8 +13,11 @@ of training, the input pipeline and evaluation call require_training_libraries()
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib.metadata
 import importlib.util
+import os
+import pathlib
 from typing import Callable, Iterable
 
 from packaging.requirements import Requirement
@@ -36,6 +39,16 @@ TRAINING_LIBRARIES = {
     "tensorboard": "tensorboard",
 }
 INSTALL_TRAINING = 'pip install "vgg_jax[train]" (in a checkout: pip install -e ".[train]")'
+# The PCI vendor id of Google's devices: a machine with none has no TPU (jax's own test).
+GOOGLE_PCI_VENDOR = "0x1ae0"
+# What libtpu asks a TPU VM's metadata server for when JAX starts its backends; where it is
+# installed on a machine without a TPU (to plan TPU runs), it prints a warning for each value it
+# cannot find. Any values quiet it: compile-only topologies describe their own chips.
+LIBTPU_QUIET_ENVIRONMENT = {
+    "TPU_SKIP_MDS_QUERY": "1",
+    "TPU_ACCELERATOR_TYPE": "v5litepod-4",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+}
 
 
 class MissingTrainingLibraries(ImportError):
@@ -136,3 +149,20 @@ def require_training_libraries() -> None:
             f"{', '.join(missing)}, which the base install of vgg_jax leaves out (it builds "
             f"models, loads weights and computes LPIPS). Install them with {INSTALL_TRAINING}."
         )
+
+
+def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
+    """Gives libtpu the environment it would otherwise warn about, where it is installed and
+    this machine has no Google PCI device (no TPU); values the user set are kept. True where it
+    did. Runs on `import vgg_jax`, before JAX starts its backends; a TPU VM is left alone."""
+    if not _importable("libtpu"):
+        return False
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            if pathlib.Path(vendor).read_text().strip() == GOOGLE_PCI_VENDOR:
+                return False
+        except OSError:
+            continue
+    for name, value in LIBTPU_QUIET_ENVIRONMENT.items():
+        environ.setdefault(name, value)
+    return True

@@ -55,7 +55,7 @@ def test_max_batch_is_extrapolated_from_the_peaks_at_two_batch_sizes():
 def test_training_flops_and_device_peaks():
     from vgg_jax import vgg16
     from vgg_jax.model.costs import training_flops_per_image
-    from vgg_jax.training.reports import peak_bf16_flops
+    from vgg_jax.training.accelerators import peak_bf16_flops
 
     # The "about 93 GFLOP per image": 3 x 2 x 15.470 G multiply-accumulates.
     flops = training_flops_per_image(vgg16(), (224, 224, 3))
@@ -63,6 +63,8 @@ def test_training_flops_and_device_peaks():
     assert peak_bf16_flops("NVIDIA H200") == peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
     assert peak_bf16_flops("TPU v5 lite") == 197e12
+    assert peak_bf16_flops("TPU v5") == 459e12  # v5p: v5e's "TPU v5 lite" matched first
+    assert peak_bf16_flops("TPU v3") == 123e12 / 2  # a device is one of a chip's two cores
     assert peak_bf16_flops("cpu") is None
 
 

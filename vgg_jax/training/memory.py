@@ -62,10 +62,11 @@ def device_memory(device=None) -> int | None:
     return (stats or {}).get("bytes_limit")
 
 
-def compiled_step(setup: TrainingSetup, state: Any, batch: Any):
+def compiled_step(setup: TrainingSetup, state: Any, batch: Any, devices=None):
     """`setup`'s pmapped train step compiled, not run, for arguments shaped like `state` and
-    `batch` (arrays or ShapeDtypeStructs, with the device axis first)."""
-    return pmapped_steps(setup)[0].lower(state, batch).compile()
+    `batch` (arrays or ShapeDtypeStructs, with the device axis first), over `devices` (the
+    local ones by default): the program train.py runs, and the TPU plan compiles."""
+    return pmapped_steps(setup, devices)[0].lower(state, batch).compile()
 
 
 def step_peak(setup: TrainingSetup, state: Any, batch: Any) -> int | None:
@@ -74,31 +75,55 @@ def step_peak(setup: TrainingSetup, state: Any, batch: Any) -> int | None:
 
 
 def abstract_training(
-    config: TrainingConfig, num_classes: int, image_size: int
+    config: TrainingConfig,
+    num_classes: int,
+    image_size: int | tuple[int, int, int],
+    devices: int = 1,
+    dtype=None,
 ) -> tuple[TrainingSetup, Any]:
-    """(setup, state) for `config` on one device, the state as ShapeDtypeStructs with the
-    device axis first: shapes only, so a VGG16 is measured without allocating it."""
-    model = config.model.build(num_classes)
+    """(setup, state) for `config` on `devices` devices, the state as ShapeDtypeStructs with
+    the device axis first: shapes only, so a VGG16 is measured without allocating it. `dtype`
+    is the computation dtype config.dtype resolves to there (its "auto" asks JAX's backend)."""
+    model = config.model.build(num_classes, dtype)
     made = []
 
     def initial_state():
-        setup, state = init_training(config, model, (image_size, image_size, 3), 1)
+        setup, state = init_training(config, model, image_shape(image_size), 1)
         made.append(setup)
         return state
 
     state = jax.eval_shape(initial_state)
-    one_device = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct((1, *leaf.shape), leaf.dtype), state
+    replicated = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct((devices, *leaf.shape), leaf.dtype), state
     )
-    return made[0], one_device
+    return made[0], replicated
 
 
-def batch_spec(per_device: int, image_size: int, devices: int = 1) -> dict:
-    """The shapes of a training batch as the input pipeline gives it (uint8 images)."""
-    return {
-        "image": jax.ShapeDtypeStruct((devices, per_device, image_size, image_size, 3), jnp.uint8),
-        "label": jax.ShapeDtypeStruct((devices, per_device), jnp.int32),
+def image_shape(image_size: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    """(H, W, 3) of a square size, or the shape itself."""
+    return (image_size, image_size, 3) if isinstance(image_size, int) else tuple(image_size)
+
+
+def batch_spec(
+    per_device: int,
+    image_size: int | tuple[int, int, int],
+    devices: int = 1,
+    lighting: bool = False,
+    mask: bool = False,
+) -> dict:
+    """The shapes of a batch as the input pipeline gives it: uint8 images and labels; each
+    image's PCA lighting shift in training where config.pca_lighting asks for it, and the
+    padding mask of evaluation."""
+    leading = (devices, per_device)
+    batch = {
+        "image": jax.ShapeDtypeStruct((*leading, *image_shape(image_size)), jnp.uint8),
+        "label": jax.ShapeDtypeStruct(leading, jnp.int32),
     }
+    if lighting:
+        batch["lighting"] = jax.ShapeDtypeStruct((*leading, 3), jnp.float32)
+    if mask:
+        batch["mask"] = jax.ShapeDtypeStruct(leading, jnp.float32)
+    return batch
 
 
 def largest_batch_per_device(

@@ -22,26 +22,6 @@ from vgg_jax.training.checkpoints import Checkpoints
 
 logger = logging.getLogger("vgg_jax")
 
-# Dense bfloat16 peaks from the vendors' datasheets, matched in order against jax's
-# device_kind (lower case); model FLOP utilisation is measured against these.
-DATASHEET_PEAK_BF16_FLOPS = (
-    ("h100 pcie", 756e12),
-    ("h100", 989e12),
-    ("h200", 989e12),
-    ("a100", 312e12),
-    ("tpu v4", 275e12),
-    ("tpu v5 lite", 197e12),
-    ("tpu v5e", 197e12),
-    ("tpu v5", 459e12),
-    ("tpu v6", 918e12),
-)
-
-
-def peak_bf16_flops(device_kind: str) -> float | None:
-    """The datasheet's dense bf16 FLOP/s of one device of this kind; None if unknown (CPUs)."""
-    kind = device_kind.lower()
-    return next((flops for name, flops in DATASHEET_PEAK_BF16_FLOPS if name in kind), None)
-
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""

@@ -18,6 +18,7 @@ from vgg_jax.model.costs import training_flops_per_image
 from vgg_jax.model.dtypes import dtype_choice
 from vgg_jax.parallel import replicate
 from vgg_jax.training import warm_start
+from vgg_jax.training.accelerators import peak_bf16_flops
 from vgg_jax.training.checkpoints import (
     UNREADABLE_FOLDER,
     CheckpointNotFound,
@@ -28,7 +29,6 @@ from vgg_jax.training.reports import (
     TrainingError,
     TrainLog,
     logger,
-    peak_bf16_flops,
 )
 from vgg_jax.training.sections import (
     ConfigError,

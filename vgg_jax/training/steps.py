@@ -241,8 +241,11 @@ def eval_step(state: TrainState, batch: dict, *, model: VGG) -> dict:
     return lax.psum(sums, AXIS_NAME)
 
 
-def pmapped_steps(setup: TrainingSetup):
-    """(p_train_step, p_eval_step): the steps under pmap; the train state's buffers donated."""
+def pmapped_steps(setup: TrainingSetup, devices=None):
+    """(p_train_step, p_eval_step): the steps under pmap over `devices` (every local one by
+    default; compile-only ones too, whose steps can be lowered and compiled but not run); the
+    train state's buffers donated. JAX runs pmap as jax.jit of jax.shard_map over a one-axis
+    Mesh of the devices, each argument split along its leading (device) axis."""
     if setup.model.batch_norm and setup.model.axis_name != AXIS_NAME:
         raise ValueError(
             f"Build the model with axis_name={AXIS_NAME!r} (init_training does) so BatchNorm "
@@ -252,8 +255,11 @@ def pmapped_steps(setup: TrainingSetup):
         functools.partial(train_step, setup=setup),
         axis_name=AXIS_NAME,
         donate_argnums=(0,),
+        devices=devices,
     )
-    p_eval_step = jax.pmap(functools.partial(eval_step, model=setup.model), axis_name=AXIS_NAME)
+    p_eval_step = jax.pmap(
+        functools.partial(eval_step, model=setup.model), axis_name=AXIS_NAME, devices=devices
+    )
     return p_train_step, p_eval_step
 
 
