@@ -75,7 +75,7 @@ def test_libtpus_environment_is_left_to_the_user_and_to_tpu_machines(monkeypatch
 
     environ = {"TPU_ACCELERATOR_TYPE": "v6e-8"}
     assert environment.quiet_libtpu_without_tpu(environ)
-    assert environ == {**environment.LIBTPU_QUIET_ENVIRONMENT, "TPU_ACCELERATOR_TYPE": "v6e-8"}
+    assert environ == {**environment.LIBTPU_WITHOUT_TPU, "TPU_ACCELERATOR_TYPE": "v6e-8"}
     google_device = tmp_path / "0000:00:04.0"
     google_device.mkdir()
     (google_device / "vendor").write_text("0x1ae0\n")

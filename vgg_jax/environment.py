@@ -41,13 +41,15 @@ TRAINING_LIBRARIES = {
 INSTALL_TRAINING = 'pip install "vgg_jax[train]" (in a checkout: pip install -e ".[train]")'
 # The PCI vendor id of Google's devices: a machine with none has no TPU (jax's own test).
 GOOGLE_PCI_VENDOR = "0x1ae0"
-# What libtpu asks a TPU VM's metadata server for when JAX starts its backends; where it is
-# installed on a machine without a TPU (to plan TPU runs), it prints a warning for each value it
-# cannot find. Any values quiet it: compile-only topologies describe their own chips.
-LIBTPU_QUIET_ENVIRONMENT = {
+# libtpu on a machine without a TPU (to plan TPU runs). It asks a TPU VM's metadata server for
+# these values when JAX starts its backends, and prints a warning for each it cannot find; any
+# values quiet it, as compile-only topologies describe their own chips. And it lets one process
+# at a time load it, unless told: planning holds no TPU, so several may (tests run in parallel).
+LIBTPU_WITHOUT_TPU = {
     "TPU_SKIP_MDS_QUERY": "1",
     "TPU_ACCELERATOR_TYPE": "v5litepod-4",
     "TPU_WORKER_HOSTNAMES": "localhost",
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
 
 
@@ -152,9 +154,9 @@ def require_training_libraries() -> None:
 
 
 def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
-    """Gives libtpu the environment it would otherwise warn about, where it is installed and
-    this machine has no Google PCI device (no TPU); values the user set are kept. True where it
-    did. Runs on `import vgg_jax`, before JAX starts its backends; a TPU VM is left alone."""
+    """Gives libtpu LIBTPU_WITHOUT_TPU, where it is installed and this machine has no Google
+    PCI device (no TPU); values the user set are kept. True where it did. Runs on
+    `import vgg_jax`, before JAX starts its backends; a TPU VM is left alone."""
     if not _importable("libtpu"):
         return False
     for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
@@ -163,6 +165,6 @@ def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
                 return False
         except OSError:
             continue
-    for name, value in LIBTPU_QUIET_ENVIRONMENT.items():
+    for name, value in LIBTPU_WITHOUT_TPU.items():
         environ.setdefault(name, value)
     return True

@@ -10,10 +10,10 @@ from vgg_jax.cli.plan import format_plan
 NARROW = ["--config.model=vgg11_bn", "--config.width=0.125", "--config.fc_features=64",
           "--config.crop_size=64", "--num_classes=10"]  # fmt: skip
 FIELDS = {
-    "topology", "libtpu_topology", "chip", "device_kind", "chips", "devices", "devices_per_chip",
+    "topology", "compiler_topology", "platform", "chip", "device_kind", "chips", "devices", "devices_per_chip",
     "hosts", "batch_split_over", "model", "image_shape", "dtype", "remat", "global_batch",
     "batch_per_host", "batch_per_chip", "batch_per_device", "micro_batches",
-    "micro_batch_per_device", "memory_per_chip_bytes", "memory_source", "train_step",
+    "micro_batch_per_device", "memory_per_chip_bytes", "memory_source", "peak_source", "train_step",
     "eval_step", "fits", "headroom_bytes", "flops_per_step_per_chip", "flops_source",
     "peak_bf16_flops_per_chip", "compute_bound_images_per_second_per_chip",
     "compute_bound_images_per_second", "compile_seconds", "largest_batch_per_chip",
@@ -76,11 +76,12 @@ def test_a_batch_too_large_for_hbm_does_not_fit_and_a_smaller_one_is_found():
 
 @pytest.mark.parametrize(
     "args, words",
-    [(["--topology=v5litepod"], "Unknown TPU topology 'v5litepod'"),
+    [(["--topology=v5litepod"], "Unknown topology 'v5litepod'"),
      (["--topology=v5e-4", "--config.batch_size=6"],
       "batch_size=6 does not split over the 4 devices of v5e-4"),
      (["--topology=v5e-4", "--config.no_such_field=1"], "unknown configuration field"),
-     (["--topology=v5e-4", "--config.dtype=float16"], "float16")],
+     (["--topology=v5e-4", "--config.dtype=float16"], "float16"),
+     (["--topology=h100"], 'needs JAX\'s CUDA plugin: pip install "vgg_jax[gpu-plan]"')],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(args, words):
     result = plan(*args)

@@ -64,7 +64,7 @@ def test_each_installed_command_is_a_main_of_the_cli():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"vgg-jax-evaluate", "vgg-jax-predict"}
+    assert set(scripts) == {"vgg-jax-evaluate", "vgg-jax-predict", "vgg-jax-plan"}
     for target in scripts.values():
         module, function = target.split(":")
         assert module.startswith("vgg_jax.cli.")

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from vgg_jax.training import planning, steps
 from vgg_jax.training.sections import read_config
-from vgg_jax.training.topologies import tpu_topology
+from vgg_jax.training.topologies import describe
 
 AXIS = steps.AXIS_NAME
 
@@ -90,7 +90,7 @@ NARROW = dict(model="vgg11_bn", width=1 / 8, fc_features=64, crop_size=32, dtype
 @functools.cache
 def narrow_plan(topology_name: str, batch_size: int):
     config = read_config(small_config(batch_size=batch_size, **NARROW))
-    return planning.planner(config, tpu_topology(topology_name), 10, (32, 32, 3))
+    return planning.planner(config, describe(topology_name), 10, (32, 32, 3))
 
 
 def test_the_plans_bytes_are_those_of_a_jit_shard_map_compile_written_apart():

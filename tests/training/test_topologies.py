@@ -39,7 +39,7 @@ def test_libtpu_describes_the_slices_chips_devices_and_hosts(name, chips, device
 
 @pytest.mark.parametrize(
     "name, words",
-    [("v5litepod", "Unknown TPU topology 'v5litepod'"), ("v5e-12", "power of two"),
+    [("v5litepod", "Unknown topology 'v5litepod'"), ("v5e-12", "power of two"),
      ("v4-7", "power of two"), ("v7x-8", "v5e-16, v5litepod-16"),
      ("v5e:3x3", "libtpu does not know the topology 'v5e:3x3'")],
 )  # fmt: skip

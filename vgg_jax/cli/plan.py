@@ -1,7 +1,8 @@
-"""`python -m vgg_jax.cli.plan` (or `vgg-jax-plan`): a TPU run planned on a machine without a
-TPU. train.py's own train and eval steps, set up from the same config, compiled for the slice
-by libtpu (the `tpu` extra): whether they fit each chip's memory, the largest batch that would,
-and the images per second the chips' peak arithmetic allows.
+"""`python -m vgg_jax.cli.plan` (or `vgg-jax-plan`): a TPU or GPU run planned on a machine
+without one. train.py's own train and eval steps, set up from the same config, compiled for the
+slice by libtpu (the `tpu` extra) or for the GPUs by JAX's CUDA plugin (the `gpu-plan` extra):
+whether they fit each chip's memory, the largest batch that would, and the images per second
+the chips' peak arithmetic allows.
 
     python -m vgg_jax.cli.plan --config=vgg_jax/configs/imagenet_vgg16.py --topology=v5e-16
     python -m vgg_jax.cli.plan --config=... --topology=v4-8 --largest_batch --json
@@ -31,7 +32,8 @@ def main() -> None:
     from vgg_jax.cli.config_file import define_config_flag, exit_on_unknown_config_field
 
     define_config_flag(EXIT_BAD_INPUT)
-    flags.DEFINE_string("topology", None, "TPU slice: v5e-16, v4-8, v6e-8, ... or v5e:4x4.")
+    flags.DEFINE_string("topology", None, "TPU slice (v5e-16, v4-8, v6e-8, ... or v5e:4x4) or "
+                        "GPUs (h100, a100-80gb, a100-40gb, l4, t4; h100x8 for eight).")  # fmt: skip
     flags.DEFINE_bool("largest_batch", False, "Also find the largest power-of-two batch per "
                       "chip that fits, by compiling (a few compiles).")  # fmt: skip
     flags.DEFINE_integer("num_classes", 0, "Classes of the data set (0: read from its "
@@ -56,16 +58,21 @@ def plan_command(argv: list[str]) -> None:
 
     FLAGS = flags.FLAGS
     logging.set_verbosity(logging.WARNING)  # JAX names each backend it does not find at INFO
+    import jax
+
+    # The plan runs nothing: JAX starts its CPU backend alone (the CUDA plugin, where installed
+    # on a machine without a GPU, would fail to start and then make no GPU topology).
+    jax.config.update("jax_platforms", "cpu")
     if len(argv) > 1:
         bad_input(f"unexpected arguments: {' '.join(argv[1:])}")
     from vgg_jax.cli.config_file import checked_config
 
     config = checked_config(FLAGS["config"], status=EXIT_BAD_INPUT)
     from vgg_jax.training import planning
-    from vgg_jax.training.topologies import TopologyError, tpu_topology
+    from vgg_jax.training.topologies import TopologyError, describe
 
     try:
-        topology = tpu_topology(FLAGS.topology)
+        topology = describe(FLAGS.topology)
         num_classes, image_shape = planning.data_shape(config, FLAGS.num_classes)
         plan = planning.planner(config, topology, num_classes, image_shape)
     except (TopologyError, planning.PlanError) as error:
@@ -94,9 +101,9 @@ def format_plan(report: dict) -> str:
     devices = (f"{report['devices']} devices ({report['devices_per_chip']} per chip)"
                if report["devices_per_chip"] > 1 else f"{report['devices']} devices")  # fmt: skip
     rows = [
-        ("topology", f"{report['topology']} (libtpu {report['libtpu_topology']})"),
-        ("chip", f"{report['chip']} ({report['device_kind']}), "
-                 f"{_gib(report['memory_per_chip_bytes'])} HBM"),
+        ("topology", f"{report['topology']} (compiled for {report['compiler_topology']})"),
+        ("chip", f"{report['chip']} ({report['device_kind']}): a step may hold "
+                 f"{_gib(report['memory_per_chip_bytes'])} ({report['memory_source']})"),
         ("chips, hosts", f"{report['chips']} chips, {report['hosts']} host(s), {devices}"),
         ("model", f"{report['model']}, {'x'.join(map(str, report['image_shape']))} images, "
                   f"{report['dtype']}, remat {report['remat']}"),
@@ -110,7 +117,8 @@ def format_plan(report: dict) -> str:
                  if report["fits"] else "NO" + (f": {train['compiler_refusal']}"
                                                 if train["compiler_refusal"] else "")),
         ("FLOPs per step", f"{_flops(report['flops_per_step_per_chip'])} per chip "
-                           f"({'XLA cost analysis' if report['flops_source'] == 'xla' else 'the model'})"),
+                           + ("(XLA's cost analysis)" if report["flops_source"] == "xla"
+                              else "(the model's own count: XLA gives none here)")),
         ("compute bound", f"{report['compute_bound_images_per_second_per_chip']:,.0f} images/s "
                           f"per chip, {report['compute_bound_images_per_second']:,.0f} for the "
                           f"slice, at {report['peak_bf16_flops_per_chip'] / 1e12:.0f} TFLOP/s "

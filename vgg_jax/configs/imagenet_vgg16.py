@@ -7,24 +7,23 @@ is the fixed-S recipe.
 ImageNet must be downloaded by hand: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
 <data_dir>/downloads/manual/ (tensorflow-datasets' imagenet2012 instructions).
 
-On one GPU instead of the paper's four, keep batch_size=256 (the learning rate's) and accumulate
-micro-batches: `--config.grad_accum_steps=8` on a 16 GB T4 or V100 (float16), 4 on a 24 GB
-Ampere or later card (bfloat16); ONE_GPU below. train.py checks the step's memory on the GPU
-itself at start and, if it does not fit, names the settings that do.
+On one GPU instead of the paper's four, keep batch_size=256 (the learning rate's) and, where the
+step does not fit, accumulate micro-batches: `--config.grad_accum_steps=2` on a 16 GB T4 or V100
+(float16); none on a 24 GB card of compute capability 8.0 or later (bfloat16): ONE_GPU below.
+train.py checks the step's memory on the GPU itself at start and, if it does not fit, names the
+settings that do.
 """
 
 from ml_collections import ConfigDict
 
 from vgg_jax.configs import default
 
-# card: (the dtype "auto" picks there, GiB JAX gets of it by default (75%), grad_accum_steps).
-# Each factor is the smallest power of two whose step fits in XLA:CPU's memory analysis
-# (tests/training/test_hardware_fit.py compiles each step, and the one with half the factor,
-# which does not fit). A GPU's own analysis differs (cuDNN workspaces, layouts): train.py's check decides.
-ONE_GPU = {
-    "16 GB, compute capability 7.x (T4, V100)": ("float16", 11.3, 8),
-    "24 GB, compute capability 8.0 and up (RTX 3090 and 4090, A10, L4)": ("bfloat16", 17.7, 4),
-}
+# grad_accum_steps by the GPU vgg-jax-plan names (--topology), each the smallest power of two
+# whose step, in dtype "auto", fits the memory JAX takes of the card in the GPU compiler's own
+# analysis (tests/training/test_gpu_plans.py compiles it, and the one with half the factor,
+# which does not fit). What the compile cannot see (cuDNN's workspaces, the autotuner's
+# choices: docs/hardware.md) is for train.py's check on the card to catch.
+ONE_GPU = {"t4": 2, "l4": 1}
 
 
 def get_config() -> ConfigDict:

@@ -1,6 +1,6 @@
-"""The accelerators vgg_jax trains on, from their vendors' datasheets: memory and dense bfloat16
-peak per chip, and how many JAX devices a chip shows. The one table that the train log's model
-FLOP utilisation and the TPU plan (vgg_jax.training.planning) read.
+"""The accelerators vgg_jax trains on, from their vendors' datasheets: dense bfloat16 peak per
+chip (float16 on the T4), a TPU's memory, and how many JAX devices a chip shows. The one table
+that the train log's model FLOP utilisation and the plan (vgg_jax.training.planning) read.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ GIB = 2**30
 class Accelerator:
     name: str  # as its vendor calls it
     device_kinds: tuple[str, ...]  # lower-case parts of jax's device_kind that name it
-    memory_bytes: int | None  # HBM per chip; None where the table does not need it
+    memory_bytes: int | None  # HBM per chip (TPUs; a GPU's is what it reports: gpu_targets)
     peak_bf16_flops: float  # dense, per chip
     devices_per_chip: int  # JAX devices a chip shows (TPU v2 and v3: one per TensorCore)
     source: str
-
-    @property
-    def memory_per_device(self) -> int | None:
-        return None if self.memory_bytes is None else self.memory_bytes // self.devices_per_chip
 
     @property
     def peak_flops_per_device(self) -> float:
@@ -45,18 +41,23 @@ ACCELERATORS = (
     _tpu("v5p", ("tpu v5",), 95, 459),
     _tpu("v6e", ("tpu v6 lite", "tpu v6e"), 32, 918),
     Accelerator(
-        "H100 PCIe", ("h100 pcie",), 80 * GIB, 756e12, 1,
+        "H100 PCIe", ("h100 pcie",), None, 756e12, 1,
         "https://www.nvidia.com/en-us/data-center/h100/",
     ),  # fmt: skip
     Accelerator(
-        "H100 SXM", ("h100",), 80 * GIB, 989e12, 1,
-        "https://www.nvidia.com/en-us/data-center/h100/",
-    ),  # fmt: skip
+        "H100 SXM", ("h100",), None, 989e12, 1, "https://www.nvidia.com/en-us/data-center/h100/"
+    ),
     Accelerator(
-        "H200", ("h200",), 141 * GIB, 989e12, 1, "https://www.nvidia.com/en-us/data-center/h200/"
+        "H200", ("h200",), None, 989e12, 1, "https://www.nvidia.com/en-us/data-center/h200/"
     ),
     Accelerator(
         "A100", ("a100",), None, 312e12, 1, "https://www.nvidia.com/en-us/data-center/a100/"
+    ),
+    Accelerator(  # 242 TFLOP/s with sparsity, half of it dense
+        "L4", ("nvidia l4",), None, 121e12, 1, "https://www.nvidia.com/en-us/data-center/l4/"
+    ),
+    Accelerator(  # float16: the T4 has no bfloat16 tensor cores
+        "T4", ("t4",), None, 65e12, 1, "https://www.nvidia.com/en-us/data-center/tesla-t4/"
     ),
 )
 

@@ -116,7 +116,7 @@ def planner(
             f"{topology.name}: use a multiple of {devices}."
         )
     try:
-        check_for_devices(config, devices, "tpu")
+        check_for_devices(config, devices, topology.platform)
     except ConfigError as error:
         raise PlanError(str(error)) from None
     dtype = plan_dtype(config.model.dtype, topology)
@@ -161,7 +161,7 @@ def largest_batch(
     found by compiling: from `first`, the memory's growth with the batch estimates it; that
     estimate and its double are compiled, then doubled or halved until one fits and its double
     does not. (None, compiles) where even the smallest multiple of the micro-batches fails."""
-    memory = plan.topology.chip.memory_per_device
+    memory = plan.topology.memory_per_device
     unit = plan.setup.grad_accum_steps
     compiles = {first.batch_per_device: first}
 
@@ -222,6 +222,7 @@ def make_plan(
     train and eval steps compiled for the config's batch, and with `search` the largest
     power-of-two batch that fits. `progress` hears of each compile as it starts and ends."""
     topology, chip, optimizer = plan.topology, plan.topology.chip, plan.config.optimizer
+    memory = topology.memory_per_device
     devices, per_device = len(topology.devices), optimizer.batch_size // len(topology.devices)
     progress(f"Compiling the train step for {per_device} images per device on {topology.name}.")
     train = plan.train(per_device)
@@ -229,7 +230,8 @@ def make_plan(
     evaluation = plan.eval(per_device)
     flops, source, images_per_chip = compute_bound(plan, train)
     report = {
-        "topology": topology.name, "libtpu_topology": topology.libtpu_name,
+        "topology": topology.name, "compiler_topology": topology.compiler_name,
+        "platform": topology.platform,
         "chip": chip.name, "device_kind": topology.devices[0].device_kind,
         "chips": topology.chips, "devices": devices, "devices_per_chip": chip.devices_per_chip,
         "hosts": topology.hosts, "batch_split_over": "devices",
@@ -240,13 +242,13 @@ def make_plan(
         "batch_per_chip": per_device * chip.devices_per_chip, "batch_per_device": per_device,
         "micro_batches": plan.setup.grad_accum_steps,
         "micro_batch_per_device": per_device // plan.setup.grad_accum_steps,
-        "memory_per_chip_bytes": chip.memory_bytes, "memory_source": chip.source,
+        "memory_per_chip_bytes": memory * chip.devices_per_chip,
+        "memory_source": topology.memory_source, "peak_source": chip.source,
         "train_step": step_fields(train, chip.devices_per_chip),
         "eval_step": step_fields(evaluation, chip.devices_per_chip),
-        "fits": train.fits(chip.memory_per_device) and evaluation.fits(chip.memory_per_device),
+        "fits": train.fits(memory) and evaluation.fits(memory),
         "headroom_bytes": None if train.total is None
-        else (chip.memory_per_device - max(train.total, evaluation.total or 0))
-        * chip.devices_per_chip,
+        else (memory - max(train.total, evaluation.total or 0)) * chip.devices_per_chip,
         "flops_per_step_per_chip": flops * chip.devices_per_chip, "flops_source": source,
         "peak_bf16_flops_per_chip": chip.peak_bf16_flops,
         "compute_bound_images_per_second_per_chip": images_per_chip,
@@ -258,7 +260,7 @@ def make_plan(
         started = time.perf_counter()
 
         def heard(compiled: StepCompile) -> None:
-            verdict = "fits" if compiled.fits(chip.memory_per_device) else "does not fit"
+            verdict = "fits" if compiled.fits(memory) else "does not fit"
             progress(f"  {compiled.batch_per_device} per device: {verdict} "
                      f"({compiled.seconds:.0f} s).")  # fmt: skip
 

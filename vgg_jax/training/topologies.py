@@ -1,11 +1,13 @@
-"""TPU slices described without a TPU: libtpu (the `tpu` extra) makes compile-only devices for
-any topology, which jax.jit and jax.pmap compile for but cannot run on.
+"""TPU slices and GPUs described without them: compile-only devices, which jax.jit and jax.pmap
+compile for but cannot run on. libtpu (the `tpu` extra) makes them for any TPU topology, JAX's
+CUDA plugin (the `gpu-plan` extra) for the GPUs of vgg_jax.training.gpu_targets.
 
 A slice is named as Cloud TPU names it (v5e-16, v5litepod-16, v4-8, v5p-8, v6e-8, v3-8: the
 number counts chips for v5e and v6e, TensorCores for the others) or in libtpu's own form,
 GENERATION:SHAPE (v5e:4x4, v4:2x2x2). The devices are those JAX sees on the slice: one per
 chip, except TPU v2 and v3, which show one per TensorCore (two a chip); v4 and v5p run their
-two TensorCores as one device (megacore), as JAX does on them.
+two TensorCores as one device (megacore), as JAX does on them. GPUs are named as in
+gpu_targets ("h100"), with a count for several on one host ("h100x8").
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ import importlib.util
 import math
 import re
 
-from vgg_jax.training.accelerators import Accelerator, accelerator
+from vgg_jax.training.accelerators import GIB, Accelerator, accelerator
+from vgg_jax.training.gpu_targets import GPU_TARGETS
 
 TPU_EXTRA = 'pip install "vgg_jax[tpu]" (in a checkout: pip install -e ".[tpu]")'
+GPU_EXTRA = 'pip install "vgg_jax[gpu-plan]" (in a checkout: pip install -e ".[gpu-plan]")'
+GPU_NAME = re.compile(rf"^({'|'.join(map(re.escape, GPU_TARGETS))})(?:x(\d+))?$")
+# What JAX's allocator takes of a GPU's memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says
+# otherwise (a TPU program may use all of HBM: its compiler refuses one that does not fit).
+JAX_GPU_MEMORY_FRACTION = 0.75
 EXAMPLES = "v5e-16, v5litepod-16, v4-8, v5p-8, v6e-8, v3-8, or libtpu's v5e:4x4, v4:2x2x2"
 CLOUD_NAME = re.compile(r"^(v2|v3|v4|v5p|v5e|v5litepod|v6e)-(\d+)$")
 LIBTPU_NAME = re.compile(r"^(v2|v3|v4|v5p|v5e|v6e):(\d+(?:x\d+){1,2})$")
@@ -36,9 +44,15 @@ class TopologyError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Topology:
     name: str  # as asked
-    libtpu_name: str
+    compiler_name: str  # libtpu's topology, or the GPU and its count
     devices: tuple  # compile-only
     chip: Accelerator
+    memory_per_device: int  # what a step may hold on one device
+    memory_source: str
+
+    @property
+    def platform(self) -> str:
+        return self.devices[0].platform
 
     @property
     def chips(self) -> int:
@@ -49,11 +63,38 @@ class Topology:
         return len({device.process_index for device in self.devices})
 
 
+def describe(name: str) -> Topology:
+    """The compile-only devices of the TPU slice or GPUs `name`; TopologyError for a name that
+    names neither, or without the library that compiles for it."""
+    gpus = GPU_NAME.match(name)
+    return gpu_topology(name, gpus.group(1), int(gpus.group(2) or 1)) if gpus else tpu_topology(
+        name
+    )
+
+
+def gpu_topology(name: str, gpu: str, count: int) -> Topology:
+    target = GPU_TARGETS[gpu]
+    if not is_installed("jax_plugins.xla_cuda12"):
+        raise TopologyError(f"Planning for GPUs needs JAX's CUDA plugin: {GPU_EXTRA}.")
+    from jax.experimental import topologies
+
+    devices = topologies.get_topology_desc(
+        platform="cuda", topology_name="", topology=f"1x1x{count}",
+        target_config=target.target_config(),
+    ).devices  # fmt: skip
+    return Topology(
+        name, f"{target.device_kind} x{count}", tuple(devices), accelerator(target.device_kind),
+        int(target.memory_bytes * JAX_GPU_MEMORY_FRACTION),
+        f"{JAX_GPU_MEMORY_FRACTION:.0%} of the {target.memory_bytes / GIB:.1f} GiB the card "
+        f"reports, JAX's default XLA_PYTHON_CLIENT_MEM_FRACTION",
+    )  # fmt: skip
+
+
 def tpu_topology(name: str) -> Topology:
     """The compile-only devices of the TPU slice `name`; TopologyError for a name libtpu does
     not know, or without libtpu."""
     libtpu_name, options = libtpu_form(name)
-    if importlib.util.find_spec("libtpu") is None:
+    if not is_installed("libtpu"):
         raise TopologyError(f"Planning for TPUs needs libtpu: {TPU_EXTRA}.")
     from jax.experimental import topologies
 
@@ -70,7 +111,10 @@ def tpu_topology(name: str) -> Topology:
     chip = accelerator(devices[0].device_kind)
     if chip is None:
         raise TopologyError(f"No datasheet row for {devices[0].device_kind!r} (topology {name!r}).")
-    return Topology(name, libtpu_name, tuple(devices), chip)
+    return Topology(
+        name, libtpu_name, tuple(devices), chip, chip.memory_bytes // chip.devices_per_chip,
+        f"{chip.memory_bytes / GIB:.0f} GiB of HBM a chip: {chip.source}",
+    )  # fmt: skip
 
 
 def libtpu_form(name: str) -> tuple[str, dict]:
@@ -92,8 +136,9 @@ def libtpu_form(name: str) -> tuple[str, dict]:
         shape = "x".join(map(str, slice_shape(chips, 3 if generation in THREE_D else 2)))
     else:
         raise TopologyError(
-            f"Unknown TPU topology {name!r}: give a Cloud TPU name, GENERATION-COUNT, or "
-            f"libtpu's GENERATION:SHAPE, e.g. {EXAMPLES}."
+            f"Unknown topology {name!r}: give a Cloud TPU name, GENERATION-COUNT, or "
+            f"libtpu's GENERATION:SHAPE, e.g. {EXAMPLES}; or a GPU, {', '.join(GPU_TARGETS)}, "
+            f"with xN for N of them (h100x8)."
         )
     options = {"chip_config_name": "megacore"} if generation in MEGACORE else {}
     if generation in ("v5e", "v6e") and chips in SINGLE_HOST_BOUNDS:
@@ -114,3 +159,10 @@ def slice_shape(chips: int, dimensions: int) -> tuple[int, ...]:
         last = max(i for i, size in enumerate(shape) if size == smallest)
         shape[last] *= 2
     return tuple(shape)
+
+
+def is_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is not installed
+        return False
