@@ -8,6 +8,7 @@ run from the repository root as `python -m benchmarks.<name> --help`:
 - lpips_speed: LPIPS and DISTS, forward and forward + backward, against their references;
 - lpips_backward: where LPIPS's forward + backward spends its CPU time, against lpips's;
 - train_memory: the peak memory of a train step and the largest batch that fits;
+- tpu_plans: vgg-jax-plan on several TPU slices, as the table of docs/hardware.md;
 - recipe_sweep and reproduce: the default recipe over seeds, dtypes and XLA settings, and
   every figure of docs/reproducibility.md;
 - timing: the timers they share. run_on_gpu.sh is the device call for the GPU figures.

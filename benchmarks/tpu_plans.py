@@ -34,8 +34,7 @@ def row(report: dict) -> str:
         f"| {report['largest_batch_per_chip']} "
         f"| {report['flops_per_step_per_chip'] / 1e12:.2f} "
         f"| {report['compute_bound_images_per_second_per_chip']:,.0f} "
-        f"| {report['compute_bound_images_per_second']:,.0f} "
-        f"| {report['compile_seconds'] + report['largest_batch_search']['seconds']:.0f} |"
+        f"| {report['compute_bound_images_per_second']:,.0f} |"
     )
 
 
@@ -45,9 +44,8 @@ def main() -> None:
     parser.add_argument("--topologies", default=TOPOLOGIES)
     args, extra = parser.parse_known_args()
     print("| slice | chips | hosts | batch per chip | GiB per chip | HBM GiB | largest batch "
-          "per chip | TFLOP per step per chip | images/s per chip (bound) | images/s (bound) "
-          "| compile s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "per chip | TFLOP per step per chip | images/s per chip (bound) | images/s (bound) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for topology in args.topologies.split(","):
         command = plan_command(topology, args.model, extra)
         print(f"<!-- {' '.join(command)} -->", file=sys.stderr, flush=True)

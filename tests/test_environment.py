@@ -60,7 +60,9 @@ def test_importing_vgg_jax_with_an_old_jax_says_what_to_do_before_importing_jax(
 def test_with_libtpu_installed_a_cpu_machine_starts_jax_without_libtpus_warnings():
     import os
 
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("JAX_", "TPU_"))}
+    env = {
+        name: value for name, value in os.environ.items() if not name.startswith(("JAX_", "TPU_"))
+    }
     code = "import vgg_jax, jax; print(jax.devices()[0].platform)"
     result = run_python("-c", code, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

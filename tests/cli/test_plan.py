@@ -10,18 +10,51 @@ from vgg_jax.cli.plan import format_plan
 NARROW = ["--config.model=vgg11_bn", "--config.width=0.125", "--config.fc_features=64",
           "--config.crop_size=64", "--num_classes=10"]  # fmt: skip
 FIELDS = {
-    "topology", "compiler_topology", "platform", "chip", "device_kind", "chips", "devices", "devices_per_chip",
-    "hosts", "batch_split_over", "model", "image_shape", "dtype", "remat", "global_batch",
-    "batch_per_host", "batch_per_chip", "batch_per_device", "micro_batches",
-    "micro_batch_per_device", "memory_per_chip_bytes", "memory_source", "peak_source", "train_step",
-    "eval_step", "fits", "headroom_bytes", "flops_per_step_per_chip", "flops_source",
-    "peak_bf16_flops_per_chip", "compute_bound_images_per_second_per_chip",
-    "compute_bound_images_per_second", "compile_seconds", "largest_batch_per_chip",
+    "topology",
+    "compiler_topology",
+    "platform",
+    "chip",
+    "device_kind",
+    "chips",
+    "devices",
+    "devices_per_chip",
+    "hosts",
+    "batch_split_over",
+    "model",
+    "image_shape",
+    "dtype",
+    "remat",
+    "global_batch",
+    "batch_per_host",
+    "batch_per_chip",
+    "batch_per_device",
+    "micro_batches",
+    "micro_batch_per_device",
+    "memory_per_chip_bytes",
+    "memory_source",
+    "peak_source",
+    "train_step",
+    "eval_step",
+    "fits",
+    "headroom_bytes",
+    "flops_per_step_per_chip",
+    "flops_source",
+    "peak_bf16_flops_per_chip",
+    "compute_bound_images_per_second_per_chip",
+    "compute_bound_images_per_second",
+    "compile_seconds",
+    "largest_batch_per_chip",
     "largest_batch_search",
 }
 STEP_FIELDS = {
-    "batch_per_chip", "arguments_bytes", "outputs_bytes", "aliased_bytes", "temporaries_bytes",
-    "total_bytes", "compiler_refusal", "compile_seconds",
+    "batch_per_chip",
+    "arguments_bytes",
+    "outputs_bytes",
+    "aliased_bytes",
+    "temporaries_bytes",
+    "total_bytes",
+    "compiler_refusal",
+    "compile_seconds",
 }
 
 
@@ -94,7 +127,9 @@ def test_without_libtpu_the_extra_is_named():
     code = (
         "import importlib.util, sys\n"
         "find_spec = importlib.util.find_spec\n"
-        "importlib.util.find_spec = lambda name, *a: None if name == 'libtpu' else find_spec(name, *a)\n"
+        "importlib.util.find_spec = (\n"
+        "    lambda name, *a: None if name == 'libtpu' else find_spec(name, *a)\n"
+        ")\n"
         "sys.argv = ['plan', '--topology=v5e-4', '--num_classes=10', '--config.crop_size=32']\n"
         "from vgg_jax.cli.plan import main\n"
         "main()\n"

@@ -85,9 +85,11 @@ def test_the_default_run_reaches_98_percent_without_collapsing(digits_dir, tmp_p
     """`python train.py` as the README gives it (the digits built beforehand): the recipe
     must hold on any machine, so its bar is the lowest top-1 of the README's spread, not of
     one lucky run."""
-    # The package's own defaults quiet TensorFlow: nothing set from outside.
-    unset = ("JAX_COMPILATION_CACHE_DIR", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
-    env = {k: v for k, v in TRAIN_PY_ENV.items() if k not in unset}
+    # The package's own defaults quiet TensorFlow and libtpu: nothing set from outside (JAX
+    # then tries every backend it has, libtpu's too).
+    unset = ("JAX_COMPILATION_CACHE_DIR", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
+             "JAX_PLATFORMS")  # fmt: skip
+    env = {k: v for k, v in TRAIN_PY_ENV.items() if k not in unset and not k.startswith("TPU_")}
     result = run_train_py(f"--workdir={tmp_path}", f"--config.data_dir={digits_dir}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -107,6 +109,7 @@ def test_the_default_run_reaches_98_percent_without_collapsing(digits_dir, tmp_p
     assert not re.search(r"[^\n]step \d+: loss", result.stderr), result.stderr[-2000:]
     # No TensorFlow start-up lines (printed twice each before the package set its defaults).
     assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr
+    assert "TPU_ACCELERATOR_TYPE" not in result.stderr and "TPU_WORKER" not in result.stderr
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert "epoch 12, step 264: eval loss" in log
     assert re.search(r"first training step done [\d.]+ s after the start", log)

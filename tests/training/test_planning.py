@@ -79,7 +79,9 @@ def test_pmap_and_jit_shard_map_train_and_evaluate_bit_identically(overrides):
     unequal = [i for i, (a, b) in enumerate(zip(leaves, other)) if not np.array_equal(a, b)]
     assert unequal == [], f"{len(unequal)} of {len(leaves)} arrays differ"
     # Three steps moved the state: the equality is not that of an untouched copy.
-    assert not np.array_equal(pmapped[0].params["conv1_1"]["kernel"], state.params["conv1_1"]["kernel"])
+    assert not np.array_equal(
+        pmapped[0].params["conv1_1"]["kernel"], state.params["conv1_1"]["kernel"]
+    )
     if setup.loss_scaling:
         assert float(pmapped[0].loss_scale.scale) == 2.0**16
 
@@ -100,11 +102,15 @@ def test_the_plans_bytes_are_those_of_a_jit_shard_map_compile_written_apart():
     mesh = Mesh(devices, (AXIS,))
     train, _ = shard_mapped_steps(plan.setup, mesh, donate=(0,))
     state = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=NamedSharding(mesh, P())),
+        lambda leaf: jax.ShapeDtypeStruct(
+            leaf.shape[1:], leaf.dtype, sharding=NamedSharding(mesh, P())
+        ),
         plan.state,
     )
     batch = {
-        "image": jax.ShapeDtypeStruct((128, 32, 32, 3), jnp.uint8, sharding=NamedSharding(mesh, P(AXIS))),
+        "image": jax.ShapeDtypeStruct(
+            (128, 32, 32, 3), jnp.uint8, sharding=NamedSharding(mesh, P(AXIS))
+        ),
         "label": jax.ShapeDtypeStruct((128,), jnp.int32, sharding=NamedSharding(mesh, P(AXIS))),
     }
     stats = train.lower(state, batch).compile().memory_analysis()
@@ -114,4 +120,6 @@ def test_the_plans_bytes_are_those_of_a_jit_shard_map_compile_written_apart():
     )  # fmt: skip
     planned = report["train_step"]["total_bytes"]
     assert abs(planned - independent) <= 0.05 * independent, (planned, independent)
-    assert report["dtype"] == "bfloat16" and report["fits"] and report["flops_per_step_per_chip"] > 0
+    assert (
+        report["dtype"] == "bfloat16" and report["fits"] and report["flops_per_step_per_chip"] > 0
+    )

@@ -54,7 +54,9 @@ def test_without_libtpu_the_extra_to_install_is_named(monkeypatch):
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "libtpu" else find_spec(name, *a),
     )
     with pytest.raises(TopologyError, match=r'needs libtpu: pip install "vgg_jax\[tpu\]"'):
         tpu_topology("v5e-4")

@@ -77,8 +77,10 @@ def plan_command(argv: list[str]) -> None:
         plan = planning.planner(config, topology, num_classes, image_shape)
     except (TopologyError, planning.PlanError) as error:
         bad_input(str(error))
-    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if not FLAGS.json else (
-        lambda line: None
+    progress = (
+        (lambda line: print(line, file=sys.stderr, flush=True))
+        if not FLAGS.json
+        else (lambda line: None)
     )
     report = planning.make_plan(plan, FLAGS.largest_batch, progress)
     print(json.dumps(report, indent=2) if FLAGS.json else format_plan(report))
@@ -129,8 +131,9 @@ def format_plan(report: dict) -> str:
     if search is not None:
         largest = report["largest_batch_per_chip"]
         tried = ", ".join(
-            f"{c['batch_per_chip']}: {'refused' if c['compiler_refusal'] else _gib(c['total_bytes'])}"
-            for c in sorted(search["compiles"], key=lambda c: c["batch_per_chip"])
+            f"{step['batch_per_chip']}: "
+            + ("refused" if step["compiler_refusal"] else _gib(step["total_bytes"]))
+            for step in sorted(search["compiles"], key=lambda step: step["batch_per_chip"])
         )
         rows.append(("largest batch", f"{largest if largest else 'none'} per chip (power of "
                      f"two; compiled {tried}; {search['seconds']:.0f} s)"))  # fmt: skip

@@ -41,7 +41,11 @@ ACCELERATORS = (
     _tpu("v5p", ("tpu v5",), 95, 459),
     _tpu("v6e", ("tpu v6 lite", "tpu v6e"), 32, 918),
     Accelerator(
-        "H100 PCIe", ("h100 pcie",), None, 756e12, 1,
+        "H100 PCIe",
+        ("h100 pcie",),
+        None,
+        756e12,
+        1,
         "https://www.nvidia.com/en-us/data-center/h100/",
     ),  # fmt: skip
     Accelerator(

@@ -102,9 +102,7 @@ class Planner:
         return batch_spec(per_device, self.image_shape, len(self.topology.devices), **extra)
 
 
-def planner(
-    config: TrainingConfig, topology: Topology, num_classes: int, image_shape
-) -> Planner:
+def planner(config: TrainingConfig, topology: Topology, num_classes: int, image_shape) -> Planner:
     """The setup and state as train.py builds them on `topology`: its dtype ("auto": what
     auto_dtype picks on the slice's devices), remat and micro-batches; PlanError where the
     global batch does not split over the devices."""
@@ -199,9 +197,7 @@ def _estimate(first: StepCompile, memory: int, unit: int) -> int:
     return size
 
 
-def compute_bound(
-    plan: Planner, step: StepCompile
-) -> tuple[float, str, float]:
+def compute_bound(plan: Planner, step: StepCompile) -> tuple[float, str, float]:
     """(FLOPs per step per device, where the count comes from, images per second per chip at
     the chip's peak bfloat16 rate): XLA's cost analysis, or the model's own count where the
     compiler gives none (a refused program)."""

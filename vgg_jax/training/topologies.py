@@ -67,8 +67,8 @@ def describe(name: str) -> Topology:
     """The compile-only devices of the TPU slice or GPUs `name`; TopologyError for a name that
     names neither, or without the library that compiles for it."""
     gpus = GPU_NAME.match(name)
-    return gpu_topology(name, gpus.group(1), int(gpus.group(2) or 1)) if gpus else tpu_topology(
-        name
+    return (
+        gpu_topology(name, gpus.group(1), int(gpus.group(2) or 1)) if gpus else tpu_topology(name)
     )
 
 
