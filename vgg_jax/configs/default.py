@@ -78,11 +78,12 @@ def _optimisation(config: ConfigDict) -> None:
 
 def _bookkeeping(config: ConfigDict) -> None:
     # Starting point (Section 3.1), used when the workdir has no checkpoint yet: the latest
-    # checkpoint of another train.py run. init_layers "all" copies every layer (fine-tuning, as
+    # checkpoint of another train.py run, or published weights (a registry name such as
+    # "vgg16_bn.tv_in1k", or a torchvision-layout .pth/.safetensors file). init_layers "all" copies every layer (fine-tuning, as
     # the paper's S=384 and scale-jittered nets); "warm_start" copies the first four convs and
     # the three FC layers of a net A into a deeper one (vgg_jax.training.warm_start has the
     # mapping).
-    config.init_from = ""  # a train.py --workdir; "" starts from random weights
+    config.init_from = ""  # a --workdir, weights name or file; "" starts from random weights
     config.init_layers = "all"
 
     # Bookkeeping.

@@ -64,6 +64,12 @@ def validate_config(config) -> TrainingConfig:
         check_for_devices(config, jax.device_count(), jax.default_backend())
     except ConfigError as error:
         raise TrainingError(str(error)) from None
+    init_from = config.run.init_from
+    if init_from and warm_start.names_published_weights(init_from):
+        try:
+            warm_start.check_published_weights(init_from, config.model.model)
+        except ValueError as error:
+            raise TrainingError(f"config.init_from={init_from!r}: {error}") from None
     return config
 
 
@@ -191,7 +197,9 @@ def resumed_or_initial_state(
         raise TrainingError(refusal_to_start_over(checkpoints))
     if finished := finished_step(workdir):
         raise TrainingError(refusal_to_forget_a_run(workdir, finished))
-    if config.run.init_from:
+    if config.run.init_from and warm_start.names_published_weights(config.run.init_from):
+        state = start_from_weights(config, state)
+    elif config.run.init_from:
         state = start_from_run(config.run, state)
     return state, {"best": None}
 
@@ -221,6 +229,33 @@ def check_same_architecture(
             + "; ".join(differences)
             + "). Use another --workdir, or delete that folder to start over."
         )
+
+
+def start_from_weights(config: TrainingConfig, state):
+    """`state` with published weights copied in (warm_start): every layer, but a fresh
+    classifier where the data's class count differs from the weights'; with init_layers
+    "warm_start", the paper's layers of net A."""
+    init_from = config.run.init_from
+    try:
+        source = warm_start.published_variables(init_from, config.model.model)
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        if config.run.init_layers == "all":
+            variables, layers, fresh_head = warm_start.fine_tuning_variables(variables, source)
+        else:
+            variables, layers = warm_start.initial_variables(
+                variables, source, config.model.model, config.run.init_layers
+            )
+            fresh_head = False
+    except (FileNotFoundError, ValueError) as error:  # ConversionError is a ValueError
+        raise TrainingError(f"config.init_from={init_from!r}: {error}") from None
+    logger.info(
+        "Initialised from %s: copied %s%s.", init_from, ", ".join(layers),
+        "; the classifier (fc8) starts fresh, sized for this data set's classes"
+        if fresh_head else "",
+    )  # fmt: skip
+    return state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
 
 
 def start_from_run(config: RunSection, state):

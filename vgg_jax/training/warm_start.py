@@ -17,17 +17,31 @@ From a source other than A, its own first four convs are the ones copied.
 
 "all": every layer is copied from a run of the same network, as the paper's S=384 nets were
 fine-tuned from S=256 ones and the scale-jittered nets from S=384 ones.
+
+A run may also start from published weights: a registry name (vgg_jax.weights.pretrained's
+WEIGHTS, downloaded and hash-checked) or a weights file (.pth, .safetensors, Keras .h5). Then
+"all" copies every layer, except that the classifier (fc8) starts fresh, sized for the data,
+where the data set's class count differs from the weights'.
 """
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import numpy as np
 
 from vgg_jax.model.architectures import HEAD_FEATURE_NAMES, layer_specs, resolve_model_name
+from vgg_jax.weights import convert
+from vgg_jax.weights.pretrained import WEIGHTS, converted_variables, read_arrays, weights_file
 
 INIT_LAYERS = ("all", "warm_start")
 WARM_START_CONVS = 4  # "the first four convolutional layers" of the source net
 HEAD_LAYERS = tuple(name for name in HEAD_FEATURE_NAMES if name != "flatten")  # fc6-fc8
+CLASSIFIER = HEAD_LAYERS[-1]  # fc8
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".h5")
+# The networks a torchvision-layout file can hold, each tried to name the one a file holds.
+TORCHVISION_NAMES = tuple(f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn"))
 
 
 def warm_start_layers(source_config: str = "A") -> tuple[str, ...]:
@@ -85,3 +99,94 @@ def initial_variables(fresh: dict, source: dict, source_model: str, mode: str):
     else:
         layers = list(warm_start_layers(resolve_model_name(source_model)[0]))
     return copy_layers(fresh, source, layers), layers
+
+
+def names_published_weights(init_from: str) -> bool:
+    """Whether config.init_from names published weights (a registry name, or a file with a
+    weights suffix, or a name shaped like a registry one) rather than a train.py work
+    directory."""
+    if init_from in WEIGHTS or pathlib.Path(init_from).suffix.lower() in WEIGHTS_SUFFIXES:
+        return True
+    looks_like_a_name = "." in init_from and os.sep not in init_from
+    return looks_like_a_name and not os.path.exists(init_from)
+
+
+def check_published_weights(init_from: str, model_name: str) -> None:
+    """Raises ValueError, before anything is read, for a registry name that names no weights or
+    weights of another network than `model_name`. A file is read where the run starts from it
+    (not where it resumes): published_variables says what is wrong with one."""
+    if init_from in WEIGHTS:
+        weights = WEIGHTS[init_from]
+        if resolve_model_name(weights.model) != resolve_model_name(model_name):
+            raise ValueError(
+                f"{init_from} holds {weights.model}'s weights, and config.model={model_name!r} "
+                f"is another network: use {_names_for(model_name) or 'weights of it'}, or "
+                f"config.model={weights.model!r}."
+            )
+        if weights.layout == "keras":
+            raise ValueError(
+                f"{init_from} expects the Caffe preprocessing (BGR, mean pixel), which "
+                f"training does not apply: start from {_names_for(model_name) or 'tv_in1k'} "
+                f"weights."
+            )
+    elif pathlib.Path(init_from).suffix.lower() not in WEIGHTS_SUFFIXES:
+        raise ValueError(
+            f"Unknown pretrained weights {init_from!r}: choose one of {', '.join(WEIGHTS)}, "
+            f"give a weights file ({', '.join(WEIGHTS_SUFFIXES)}), or a train.py work directory."
+        )
+
+
+def _names_for(model_name: str) -> str:
+    wanted = resolve_model_name(model_name)
+    names = [w.name for w in WEIGHTS.values() if resolve_model_name(w.model) == wanted]
+    return " or ".join(name for name in names if name.endswith("tv_in1k"))
+
+
+def published_variables(init_from: str, model_name: str) -> dict:
+    """The variables (NumPy arrays) of published weights for a `model_name` network: the
+    registry's file (downloaded once, hash-checked) or the file at `init_from`."""
+    config, batch_norm = resolve_model_name(model_name)
+    if init_from in WEIGHTS:
+        weights = WEIGHTS[init_from]
+        variables, _ = converted_variables(weights_file(weights), config, batch_norm, weights.layout)
+        return variables
+    path = pathlib.Path(init_from)
+    if path.suffix.lower() == ".h5":
+        raise ValueError(
+            f"{init_from} is a Keras file of the Caffe weights, which expect the Caffe "
+            f"preprocessing (BGR, mean pixel): training does not apply it; start from a "
+            f"torchvision-layout file."
+        )
+    if not path.is_file():
+        raise ValueError(f"No weights file at {init_from}.")
+    arrays = read_arrays(path, "torch")
+    try:
+        return convert.from_torch(arrays, config, batch_norm)
+    except convert.ConversionError:
+        held = next((name for name in TORCHVISION_NAMES if _holds(arrays, name)), None)
+        if held is None:
+            raise
+        raise ValueError(
+            f"{init_from} holds {held}'s weights, and config.model={model_name!r} is another "
+            f"network: use config.model={held!r}, or weights of {model_name}."
+        ) from None
+
+
+def _holds(arrays: dict, model_name: str) -> bool:
+    try:
+        convert.from_torch(arrays, *resolve_model_name(model_name))
+    except convert.ConversionError:
+        return False
+    return True
+
+
+def fine_tuning_variables(fresh: dict, source: dict) -> tuple[dict, list[str], bool]:
+    """(variables, copied layers, whether the classifier starts fresh): every layer of
+    `source` copied into `fresh`, but the classifier where its class count differs."""
+    ours = fresh["params"][CLASSIFIER]["kernel"].shape[-1]
+    theirs = np.shape(source["params"][CLASSIFIER]["kernel"])[-1]
+    layers = [name for name in fresh["params"] if not name.endswith("_bn")]
+    fresh_head = ours != theirs
+    if fresh_head:
+        layers.remove(CLASSIFIER)
+    return copy_layers(fresh, source, layers), layers, fresh_head

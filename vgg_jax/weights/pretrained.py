@@ -227,7 +227,11 @@ def _decoded(names) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _converted(path, config: str, batch_norm: bool, layout: str | None) -> tuple[dict, str]:
+def converted_variables(
+    path, config: str, batch_norm: bool, layout: str | None = None
+) -> tuple[dict, str]:
+    """(vgg_jax variables as NumPy arrays, the file's layout) of configuration `config` from a
+    weights file; a ConversionError where the file is not weights, or not of that network."""
     path = pathlib.Path(path)
     layout = layout or ("keras" if path.suffix.lower() == ".h5" else "torch")
     arrays = read_arrays(path, layout)
@@ -238,7 +242,7 @@ def _converted(path, config: str, batch_norm: bool, layout: str | None) -> tuple
 
 def variables_from_file(path, model: VGG, layout: str | None = None) -> dict:
     """vgg_jax variables for `model` from a weights file (.pth, .safetensors or Keras .h5)."""
-    variables, _ = _converted(path, model.config, model.batch_norm, layout)
+    variables, _ = converted_variables(path, model.config, model.batch_norm, layout)
     check_shapes(variables, model)
     return jax.tree.map(jnp.asarray, variables)
 
@@ -250,7 +254,7 @@ def model_from_file(
     width: the model is `model_name` ("vgg16", "vgg16_bn", ...) sized to the file; torchvision's
     preprocessing for PyTorch layouts, the Caffe one for Keras h5 files."""
     config, batch_norm = resolve_model_name(model_name)
-    variables, layout = _converted(path, config, batch_norm, layout)
+    variables, layout = converted_variables(path, config, batch_norm, layout)
     params = variables["params"]
     num_classes = int(params["fc8"]["kernel"].shape[-1])
     model_kwargs.setdefault("fc_features", int(params["fc7"]["kernel"].shape[-1]))

@@ -1,0 +1,93 @@
+"""Starting a run from published weights (config.init_from: a registry name or a weights file):
+every layer copied, a fresh classifier where the class counts differ, and the names that
+cannot work refused before anything is read."""
+
+import jax
+import numpy as np
+import pytest
+from helpers import IMAGE_SHAPE, flat_arrays, small_config
+
+from vgg_jax.training import warm_start
+from vgg_jax.training.reports import TrainingError
+from vgg_jax.training.sections import read_config
+from vgg_jax.training.start import start_from_weights, validate_config
+from vgg_jax.training.steps import init_training
+from vgg_jax.weights.pretrained import save_safetensors
+
+
+def state_for(classes: int, seed: int, **overrides):
+    config = read_config(small_config(init_scheme="glorot", seed=seed, **overrides))
+    model = config.model.build(classes)
+    return config, init_training(config, model, IMAGE_SHAPE, steps_per_epoch=10)[1]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A narrow VGG-A with batch norm on 10 classes, saved as torchvision-layout safetensors:
+    (path, its variables)."""
+    config, state = state_for(10, seed=1, model="vgg11_bn")
+    path = tmp_path_factory.mktemp("weights") / "vgg11_bn_digits.safetensors"
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    save_safetensors(variables, config.model.build(10), path)
+    return path, jax.device_get(variables)
+
+
+@pytest.mark.parametrize("classes", [10, 5])
+def test_every_layer_is_copied_and_a_new_class_count_gets_a_fresh_classifier(
+    weights_file, classes
+):
+    path, saved = weights_file
+    config, fresh = state_for(classes, seed=2, model="vgg11_bn", init_from=str(path))
+    started = start_from_weights(config, fresh)
+    ours = flat_arrays({"params": started.params, "batch_stats": started.batch_stats})
+    theirs = flat_arrays(saved)
+    untouched = flat_arrays({"params": fresh.params})
+    for name, array in ours.items():
+        if classes != 10 and name.startswith("params/fc8/"):
+            np.testing.assert_array_equal(array, untouched[name])  # the fresh head
+            assert array.shape[-1] == classes
+        else:
+            np.testing.assert_array_equal(array, theirs[name], err_msg=name)
+    # The fresh state's other layers differed from the file's: the copy is what made them equal.
+    assert not np.array_equal(untouched["params/conv1_1/kernel"], theirs["params/conv1_1/kernel"])
+
+
+def config_with(init_from: str, **overrides):
+    return small_config(init_from=init_from, **overrides)
+
+
+@pytest.mark.parametrize(
+    "init_from, model, words",
+    [("vgg16.nonsense_in1k", "vgg16", "Unknown pretrained weights 'vgg16.nonsense_in1k': "
+      "choose one of vgg11.tv_in1k"),
+     ("vgg19.tv_in1k", "vgg16", "vgg19.tv_in1k holds vgg19's weights, and config.model='vgg16' "
+      "is another network: use vgg16.tv_in1k"),
+     ("vgg16.caffe_in1k", "vgg16", "expects the Caffe preprocessing")],
+)  # fmt: skip
+def test_names_that_cannot_work_are_refused_before_anything_is_read(init_from, model, words):
+    with pytest.raises(TrainingError, match="config.init_from=") as error:
+        validate_config(config_with(init_from, model=model))
+    assert words in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_file_of_another_network_or_not_of_weights_is_refused(weights_file, tmp_path):
+    path, _ = weights_file
+    config, fresh = state_for(10, seed=2, model="vgg13_bn", init_from=str(path))
+    with pytest.raises(TrainingError, match="vgg11_bn_digits.safetensors holds vgg11_bn's "
+                       "weights, and config.model='vgg13_bn' is another network"):
+        start_from_weights(config, fresh)
+    garbage = tmp_path / "not_weights.pth"
+    garbage.write_bytes(b"these are not weights")
+    config, fresh = state_for(10, seed=2, model="vgg11_bn", init_from=str(garbage))
+    with pytest.raises(TrainingError, match="Could not read .*not_weights.pth"):
+        start_from_weights(config, fresh)
+    config, fresh = state_for(10, seed=2, model="vgg11_bn", init_from=str(tmp_path / "no.pth"))
+    with pytest.raises(TrainingError, match="No weights file at .*no.pth"):
+        start_from_weights(config, fresh)
+
+
+def test_work_directories_stay_work_directories():
+    assert not warm_start.names_published_weights("runs/vgg11_s256")
+    assert warm_start.names_published_weights("vgg16_bn.tv_in1k")
+    assert warm_start.names_published_weights("./my weights/vgg16.safetensors")
