@@ -202,3 +202,77 @@ def test_the_eval_step_sums_over_real_examples_only():
     )
     assert float(sums["top1_correct"][0]) == np.sum(rank < 1)
     assert float(sums["top5_correct"][0]) == np.sum(rank < 5)
+
+
+# ---------------------------------------------------------------- what trains
+
+
+def steps_of(config_overrides, steps=3):
+    """(initial state, state after `steps` library train steps on one device) for a small
+    VGG-A with batch norm."""
+    from helpers import IMAGE_SHAPE, global_batches, small_config
+
+    from vgg_jax.training.steps import init_training, pmapped_steps
+
+    config = read_config(small_config(model="vgg11_bn", init_scheme="glorot", **config_overrides))
+    setup, state = init_training(config, config.model.build(10), IMAGE_SHAPE, steps_per_epoch=10)
+    train_step, _ = pmapped_steps(setup, jax.devices()[:1])
+    replicated = jax.tree.map(lambda leaf: np.stack([leaf]), jax.device_get(state))
+    for images, labels in global_batches(steps=steps, batch_size=8):
+        replicated, _ = train_step(replicated, {"image": images[None], "label": labels[None]})
+    return state, jax.tree.map(lambda leaf: np.asarray(leaf)[0], jax.device_get(replicated))
+
+
+@pytest.mark.parametrize("trainable, lowest", [("conv5_1", "conv5_1"), ("head", "fc6"),
+                                               ("classifier", "fc8")])  # fmt: skip
+def test_frozen_layers_and_their_statistics_stay_bit_identical(trainable, lowest):
+    before, after = steps_of({"trainable": trainable, "weight_decay": 5e-4})
+    frozen, trained = 0, 0
+    for collection in ("params", "batch_stats"):
+        for layer, values in getattr(before, collection).items():
+            for key, array in values.items():
+                moved = not np.array_equal(
+                    np.asarray(array), getattr(after, collection)[layer][key]
+                )
+                is_trained = weight_layer_index(layer) >= weight_layer_index(lowest)
+                assert moved == is_trained, (layer, key)
+                frozen, trained = frozen + (not is_trained), trained + is_trained
+    assert frozen and trained
+    # No momentum is kept for a frozen layer: its optimiser state holds nothing of it.
+    sizes = [leaf.size for leaf in jax.tree.leaves(after.opt_state)]
+    full = [leaf.size for leaf in jax.tree.leaves(steps_of({}, steps=1)[1].opt_state)]
+    assert sum(sizes) < sum(full)
+
+
+def weight_layer_index(layer: str) -> int:
+    from vgg_jax.model.architectures import weight_layer_names
+
+    return weight_layer_names("A").index(layer.removesuffix("_bn"))
+
+
+def test_the_multiplier_scales_the_copied_layers_updates_and_not_the_classifiers():
+    start, full = steps_of({}, steps=1)
+    same_start, scaled = steps_of({"copied_lr_multiplier": 0.1}, steps=1)
+    for layer in ("conv1_1", "fc7", "fc8"):
+        np.testing.assert_array_equal(
+            same_start.params[layer]["kernel"], start.params[layer]["kernel"]
+        )
+        theirs = full.params[layer]["kernel"] - start.params[layer]["kernel"]
+        ours = scaled.params[layer]["kernel"] - start.params[layer]["kernel"]
+        factor = 1.0 if layer == "fc8" else 0.1
+        # (p + u) - p is u to within p's rounding: a few 1e-8 here, against updates of 1e-4.
+        np.testing.assert_allclose(ours, factor * theirs, rtol=1e-4, atol=1e-7)
+        assert np.abs(theirs).max() > 0
+
+
+def test_a_trainable_part_the_model_lacks_is_refused_in_one_line():
+    from helpers import small_config
+
+    from vgg_jax.training.sections import ConfigError
+
+    with pytest.raises(
+        ConfigError,
+        match="config.trainable='conv5_3' names no part or layer "
+        "of vgg11; choose all, classifier, head, or the lowest layer",
+    ):
+        read_config(small_config(model="vgg11", trainable="conv5_3"))

@@ -36,6 +36,11 @@ def _model(config: ConfigDict) -> None:
     # lower the peak memory where XLA's scheduler lets it (not on CPUs); about 33% more FLOPs
     # for VGG16 (vgg_jax.model.vgg.REMAT_POLICY).
     config.remat = False
+    # What trains: "all"; "classifier" (fc8 alone: a linear probe on fc7's features); "head"
+    # (fc6-fc8); or the lowest layer that trains, every layer above it training too (e.g.
+    # "conv5_1"). Layers below are frozen: no update, no weight decay, their batch-norm
+    # statistics fixed, and nothing of them differentiated.
+    config.trainable = "all"
 
 
 def _data(config: ConfigDict) -> None:
@@ -74,6 +79,9 @@ def _optimisation(config: ConfigDict) -> None:
     config.nesterov = False
     config.weight_decay = 5e-4
     config.grad_clip_norm = 0.0  # 0: no clipping
+    # The learning rate of every trained layer but the classifier (fc8), as a multiple of the
+    # classifier's: below 1 (e.g. 0.1) when fine-tuning copied layers under a new head.
+    config.copied_lr_multiplier = 1.0
 
 
 def _bookkeeping(config: ConfigDict) -> None:

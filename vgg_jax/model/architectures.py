@@ -131,6 +131,12 @@ def feature_names(config: str) -> tuple[str, ...]:
     return tuple(spec.name for spec in layer_specs(config)) + HEAD_FEATURE_NAMES
 
 
+def weight_layer_names(config: str) -> tuple[str, ...]:
+    """The layers with weights, in forward order: the convs, fc6, fc7 and fc8."""
+    convs = tuple(spec.name for spec in layer_specs(config) if spec.kind == "conv")
+    return convs + tuple(name for name in HEAD_FEATURE_NAMES if name != "flatten")
+
+
 def downsampling_factor(config: str) -> int:
     """How much the convolutional part shrinks each spatial side: 2 per max-pool."""
     return 2 ** sum(spec.kind == "pool" for spec in layer_specs(config))

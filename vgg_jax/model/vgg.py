@@ -17,6 +17,7 @@ from vgg_jax.model.architectures import (
     layer_specs,
     resolve_config,
     resolve_model_name,
+    weight_layer_names,
 )
 from vgg_jax.model.initializers import InitScheme, init_scheme
 from vgg_jax.model.layers import (
@@ -57,6 +58,10 @@ class VGG(nn.Module):
         them (REMAT_POLICY), to lower training's peak memory; one more forward pass of the
         convs. The parameters and the results are the same either way; extract_features
         does not rematerialise.
+      trainable_from: "" (every layer trains), or the lowest layer that trains ("fc8" for a
+        linear probe on fc7's features, "fc6", "conv5_1"): nothing below it is differentiated
+        (its output is a stop_gradient), and its BatchNorm layers normalise with their
+        running statistics, which stay as they are, in training too.
 
     Calling the module returns logits through the classic head (pool5 flattened into FC6), or
     with dense=True through the dense-evaluation head (FC6 slid over the pool5 map as a
@@ -80,9 +85,17 @@ class VGG(nn.Module):
     param_dtype: Any = jnp.float32
     pooling: str = "max"
     remat: bool = False
+    trainable_from: str = ""
 
     def __post_init__(self):
         resolve_config(self.config)
+        layers = weight_layer_names(self.config)
+        if self.trainable_from and self.trainable_from not in layers:
+            raise ValueError(
+                f"trainable_from={self.trainable_from!r} names no layer with weights of "
+                f"configuration {self.config!r}; choose one of {', '.join(layers)} (or '' "
+                f"for all)."
+            )
         problem = one_of(POOLINGS).problem("pooling", self.pooling)
         if problem is None:
             init_scheme(self.init_scheme)  # raises, naming the schemes
@@ -91,6 +104,13 @@ class VGG(nn.Module):
         if problem is not None:
             raise ValueError(problem)
         super().__post_init__()
+
+    def trains(self, layer: str) -> bool:
+        """Whether the layer with weights `layer` (or its BatchNorm) trains."""
+        if not self.trainable_from:
+            return True
+        layers = weight_layer_names(self.config)
+        return layers.index(layer.removesuffix("_bn")) >= layers.index(self.trainable_from)
 
     def __call__(self, x: jax.Array, train: bool = False, dense: bool = False) -> jax.Array:
         """Class logits, shape (N, num_classes), float32."""
@@ -152,6 +172,7 @@ class VGG(nn.Module):
 
         if not dense and record("flatten", x.reshape(x.shape[0], -1)):
             return None, features
+        x = self._frozen_below("fc6", x)
         x = SlidingFullyConnected(
             self.fc_features,
             kernel_init=dense_shaped_init(scheme.fc_kernel),
@@ -164,17 +185,22 @@ class VGG(nn.Module):
         if record("fc6", x):
             return None, features
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self._fc(self.fc_features, scheme, "fc7")(x)
+        x = self._fc(self.fc_features, scheme, "fc7")(self._frozen_below("fc7", x))
         x = relu(x)
         if record("fc7", x):
             return None, features
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self._fc(self.num_classes, scheme, "fc8")(x)
+        x = self._fc(self.num_classes, scheme, "fc8")(self._frozen_below("fc8", x))
         if record("fc8", x):
             return None, features
         if dense:
             x = jnp.mean(x, axis=(1, 2))
         return jnp.asarray(x, jnp.float32), features
+
+    def _frozen_below(self, layer: str, x: jax.Array) -> jax.Array:
+        """`x`, the input of `layer`, cut from the gradient where `layer` is the lowest that
+        trains: the frozen layers below are then not differentiated at all."""
+        return jax.lax.stop_gradient(x) if layer == self.trainable_from else x
 
     def _fc(self, features: int, scheme: InitScheme, name: str) -> nn.Dense:
         # On the dense head's (N, h, w, C) maps a Dense is exactly a 1x1 convolution.
@@ -263,6 +289,7 @@ def conv_layers(module: VGG, x: jax.Array, specs: tuple[LayerSpec, ...], train: 
     scheme = init_scheme(module.init_scheme)
     for spec in specs:
         if spec.kind == "conv":
+            x = module._frozen_below(spec.name, x)
             x = nn.Conv(
                 max(1, round(spec.features * module.width)),
                 (spec.kernel_size, spec.kernel_size),
@@ -275,7 +302,7 @@ def conv_layers(module: VGG, x: jax.Array, specs: tuple[LayerSpec, ...], train: 
             )(x)
             if module.batch_norm:
                 x = nn.BatchNorm(
-                    use_running_average=not train,
+                    use_running_average=not (train and module.trains(spec.name)),
                     momentum=module.bn_momentum,
                     epsilon=module.bn_epsilon,
                     axis_name=module.axis_name,

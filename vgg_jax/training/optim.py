@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from optax.contrib import reduce_on_plateau
+
+from vgg_jax.training.warm_start import CLASSIFIER
 
 if TYPE_CHECKING:  # sections imports SCHEDULES from here
     from vgg_jax.training.sections import OptimizerSection, TrainingConfig
@@ -115,14 +118,41 @@ class LearningRate:
 
 
 def make_optimizer(
-    optimizer: OptimizerSection, learning_rate: LearningRate
+    optimizer: OptimizerSection, learning_rate: LearningRate, model=None
 ) -> optax.GradientTransformation:
-    """SGD with momentum and PyTorch-style (coupled) L2 weight decay on kernels only."""
+    """SGD with momentum and PyTorch-style (coupled) L2 weight decay on kernels only. Where
+    `model` (a VGG) freezes layers or the copied layers learn at a multiple of the
+    classifier's rate, optax.multi_transform gives each part its own: frozen layers no update
+    at all (no momentum, no weight decay), the classifier (fc8) the rate, every other trained
+    layer the rate times optimizer.copied_lr_multiplier."""
+
+    def sgd():
+        return optax.chain(
+            optax.add_decayed_weights(optimizer.weight_decay, mask=kernel_mask),
+            optax.sgd(
+                learning_rate.schedule, momentum=optimizer.momentum, nesterov=optimizer.nesterov
+            ),
+        )
+
     transforms = []
     if optimizer.grad_clip_norm:
         transforms.append(optax.clip_by_global_norm(optimizer.grad_clip_norm))
-    transforms += [
-        optax.add_decayed_weights(optimizer.weight_decay, mask=kernel_mask),
-        optax.sgd(learning_rate.schedule, momentum=optimizer.momentum, nesterov=optimizer.nesterov),
-    ]
+    multiplier = optimizer.copied_lr_multiplier
+    if model is None or (not model.trainable_from and multiplier == 1):
+        return optax.chain(*transforms, sgd())
+    copied = sgd() if multiplier == 1 else optax.chain(sgd(), optax.scale(multiplier))
+    parts = {"classifier": sgd(), "copied": copied, "frozen": optax.set_to_zero()}
+    transforms.append(optax.multi_transform(parts, functools.partial(part_labels, model)))
     return optax.chain(*transforms)
+
+
+def part_labels(model, params) -> dict:
+    """Each parameter's part: "frozen", "classifier" (fc8) or "copied" (the rest)."""
+
+    def label(path, _):
+        layer = path[0].key
+        if not model.trains(layer):
+            return "frozen"
+        return "classifier" if layer == CLASSIFIER else "copied"
+
+    return jax.tree_util.tree_map_with_path(label, params)

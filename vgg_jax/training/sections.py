@@ -15,7 +15,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from vgg_jax.model.architectures import BATCH_NORM_SUFFIX, resolve_model_name
+from vgg_jax.model.architectures import (
+    BATCH_NORM_SUFFIX,
+    resolve_model_name,
+    weight_layer_names,
+)
 from vgg_jax.model.dtypes import COMPUTE_DTYPES, compute_dtype
 from vgg_jax.model.initializers import INIT_SCHEMES
 from vgg_jax.model.rules import (
@@ -30,7 +34,7 @@ from vgg_jax.model.rules import (
 )
 from vgg_jax.model.vgg import VGG, create_model
 from vgg_jax.training.optim import SCHEDULES
-from vgg_jax.training.warm_start import INIT_LAYERS
+from vgg_jax.training.warm_start import CLASSIFIER, HEAD_LAYERS, INIT_LAYERS
 
 
 class ConfigError(ValueError):
@@ -48,6 +52,12 @@ class ModelSection:
     init_scheme: str
     dtype: str  # "auto", or one of COMPUTE_DTYPES
     remat: bool
+    trainable: str  # "all", "classifier", "head", or the lowest layer that trains
+
+    @property
+    def trainable_from(self) -> str:
+        """The lowest layer that trains ("" for all): VGG.trainable_from."""
+        return TRAINABLE_PARTS.get(self.trainable, self.trainable)
 
     def build(self, num_classes: int, dtype: Any = None) -> VGG:
         """The VGG this section describes; `dtype` overrides the computation dtype ("auto"
@@ -61,6 +71,7 @@ class ModelSection:
             init_scheme=self.init_scheme,
             dtype=dtype if dtype is not None else compute_dtype(self.dtype),
             remat=self.remat,
+            trainable_from=self.trainable_from,
         )
 
 
@@ -98,6 +109,7 @@ class OptimizerSection:
     nesterov: bool
     weight_decay: float
     grad_clip_norm: float
+    copied_lr_multiplier: float  # every trained layer's rate but the classifier's, against it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +165,9 @@ class TrainingConfig:
         return json.dumps(dict(self.fields), indent=2)
 
 
+# config.trainable's names for parts of the network, by the lowest layer that trains.
+TRAINABLE_PARTS = {"all": "", "classifier": CLASSIFIER, "head": HEAD_LAYERS[0]}
+
 NON_NEGATIVE_NUMBER = Rule(lambda v: is_number(v) and v >= 0, "be a non-negative number")
 NAMED = Rule(lambda v: isinstance(v, str) and bool(v), "name one", ";")
 FLAG = Rule(lambda v: isinstance(v, bool), "be True or False")
@@ -185,6 +200,7 @@ RULES: dict[str, Rule] = {
     "warmup_epochs": NON_NEGATIVE_NUMBER,
     "lr_step_factor": Rule(lambda v: is_number(v) and v > 0, "be a positive number"),
     "grad_clip_norm": Rule(NON_NEGATIVE_NUMBER.test, "be a non-negative number (0: no clipping)"),
+    "copied_lr_multiplier": Rule(lambda v: is_number(v) and v > 0, "be a positive number"),
     "pca_lighting": NON_NEGATIVE_NUMBER,
     "train_scale": Rule(
         lambda v: len(v) == 0 or (len(v) == 2 and all(map(is_integer, v)) and 1 <= v[0] <= v[1]),
@@ -286,9 +302,16 @@ def _first_problem(fields: dict) -> str | None:
     if problem is not None:
         return problem
     try:
-        resolve_model_name(fields["model"])
+        config_letter, _ = resolve_model_name(fields["model"])
     except ValueError as error:
         return f"config.model: {error}"
+    trainable, layers = fields["trainable"], weight_layer_names(config_letter)
+    if trainable not in TRAINABLE_PARTS and trainable not in layers:
+        return (
+            f"config.trainable={trainable!r} names no part or layer of {fields['model']}; "
+            f"choose {', '.join(TRAINABLE_PARTS)}, or the lowest layer that trains, one of "
+            f"{', '.join(layers)}."
+        )
     rest = {name: rule for name, rule in RULES.items() if name not in choices}
     return first_problem(fields, rest, "config.") or _augmentation_problem(fields)
 

@@ -80,7 +80,7 @@ def init_training(
     learning_rate = LearningRate.from_config(config, steps_per_epoch)
     setup = TrainingSetup(
         model_for_training(model),
-        make_optimizer(config.optimizer, learning_rate),
+        make_optimizer(config.optimizer, learning_rate, model),
         learning_rate,
         grad_accum_steps=config.optimizer.grad_accum_steps,
     )
