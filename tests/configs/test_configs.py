@@ -185,3 +185,16 @@ def test_the_config_check_starts_no_jax_backend():
     result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+def test_the_fine_tuning_config_starts_from_torchvisions_vgg16_bn_with_a_fresh_classifier():
+    config = get_config("fine_tune")
+    validate_config(config)
+    sections = read_config(config)
+    assert (sections.run.init_from, sections.model.model) == ("vgg16_bn.tv_in1k", "vgg16_bn")
+    assert sections.optimizer.copied_lr_multiplier == 0.1 and sections.model.trainable == "all"
+    augmentation = pipeline.augmentation_from_config(sections.data)
+    assert augmentation.crop == 224 and augmentation.flip
+    model, variables = abstract_params(config, 37, (224, 224, 3))
+    assert variables["params"]["fc8"]["kernel"].shape == (4096, 37)
+    assert count_params(variables["params"]) == 138_365_992 - 1000 * 4097 + 37 * 4097
