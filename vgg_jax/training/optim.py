@@ -127,11 +127,10 @@ def make_optimizer(
     layer the rate times optimizer.copied_lr_multiplier."""
 
     def sgd():
+        schedule = learning_rate.schedule
         return optax.chain(
             optax.add_decayed_weights(optimizer.weight_decay, mask=kernel_mask),
-            optax.sgd(
-                learning_rate.schedule, momentum=optimizer.momentum, nesterov=optimizer.nesterov
-            ),
+            optax.sgd(schedule, momentum=optimizer.momentum, nesterov=optimizer.nesterov),
         )
 
     transforms = []
