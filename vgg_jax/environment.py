@@ -129,11 +129,12 @@ def missing_training_libraries() -> tuple[str, ...]:
     return tuple(
         distribution
         for module, distribution in TRAINING_LIBRARIES.items()
-        if not _importable(module)
+        if not importable(module)
     )
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
+    """Whether `module` (a dotted name too) can be imported, found without importing it."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a finder that refuses it, a broken entry in sys.modules
@@ -157,7 +158,7 @@ def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
     """Gives libtpu LIBTPU_WITHOUT_TPU, where it is installed and this machine has no Google
     PCI device (no TPU); values the user set are kept. True where it did. Runs on
     `import vgg_jax`, before JAX starts its backends; a TPU VM is left alone."""
-    if not _importable("libtpu"):
+    if not importable("libtpu"):
         return False
     for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
         try:

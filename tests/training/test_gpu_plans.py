@@ -8,11 +8,12 @@ import os
 import pytest
 
 from vgg_jax.configs import imagenet_vgg16
+from vgg_jax.environment import importable
 from vgg_jax.training import planning
 from vgg_jax.training.sections import read_config
-from vgg_jax.training.topologies import describe, is_installed
+from vgg_jax.training.topologies import describe
 
-if not is_installed("jax_plugins.xla_cuda12"):
+if not importable("jax_plugins.xla_cuda12"):
     if os.environ.get("VGG_JAX_GPU_PLANS") == "required":
         raise RuntimeError("VGG_JAX_GPU_PLANS=required, and JAX's CUDA plugin is not installed")
     pytest.skip(

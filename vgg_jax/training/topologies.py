@@ -13,10 +13,10 @@ gpu_targets ("h100"), with a count for several on one host ("h100x8").
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import re
 
+from vgg_jax.environment import importable
 from vgg_jax.training.accelerators import GIB, Accelerator, accelerator
 from vgg_jax.training.gpu_targets import GPU_TARGETS
 
@@ -74,7 +74,7 @@ def describe(name: str) -> Topology:
 
 def gpu_topology(name: str, gpu: str, count: int) -> Topology:
     target = GPU_TARGETS[gpu]
-    if not is_installed("jax_plugins.xla_cuda12"):
+    if not importable("jax_plugins.xla_cuda12"):
         raise TopologyError(f"Planning for GPUs needs JAX's CUDA plugin: {GPU_EXTRA}.")
     from jax.experimental import topologies
 
@@ -94,7 +94,7 @@ def tpu_topology(name: str) -> Topology:
     """The compile-only devices of the TPU slice `name`; TopologyError for a name libtpu does
     not know, or without libtpu."""
     libtpu_name, options = libtpu_form(name)
-    if not is_installed("libtpu"):
+    if not importable("libtpu"):
         raise TopologyError(f"Planning for TPUs needs libtpu: {TPU_EXTRA}.")
     from jax.experimental import topologies
 
@@ -160,9 +160,3 @@ def slice_shape(chips: int, dimensions: int) -> tuple[int, ...]:
         shape[last] *= 2
     return tuple(shape)
 
-
-def is_installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package is not installed
-        return False
