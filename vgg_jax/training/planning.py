@@ -123,9 +123,10 @@ def planner(config: TrainingConfig, topology: Topology, num_classes: int, image_
 
 
 def data_shape(config: TrainingConfig, num_classes: int = 0) -> tuple[int, tuple]:
-    """(classes, (H, W, 3) of the images the model sees) as train.py finds them, from the data
-    set's metadata (nothing is downloaded or read); `num_classes` where given instead."""
-    from vgg_jax.data import sources
+    """(classes, (H, W, 3) of the images the model sees) as train.py finds them
+    (pipeline.model_input_shape), from the data set's metadata (nothing is downloaded or
+    read); `num_classes` where given instead."""
+    from vgg_jax.data import pipeline, sources
 
     data = config.data
     if num_classes and data.crop_size:
@@ -139,13 +140,12 @@ def data_shape(config: TrainingConfig, num_classes: int = 0) -> tuple[int, tuple
             f"Cannot read the metadata of data set {data.dataset!r} here ({error}); give "
             f"--num_classes (and config.crop_size for the image size)."
         ) from None
-    if data.crop_size:
-        return classes, (data.crop_size, data.crop_size, 3)
-    if None in shape[:2]:
-        raise PlanError(
-            f"Images of {data.dataset!r} vary in size: set config.crop_size (e.g. 224)."
-        )
-    return classes, (*shape[:2], 3)
+    # The split sizes are not needed for the shapes, and not known without the data.
+    info = sources.DatasetInfo(data.dataset, classes, shape, 0, 0)
+    try:
+        return classes, pipeline.model_input_shape(data, info)
+    except ValueError as error:
+        raise PlanError(str(error)) from None
 
 
 def plan_dtype(name: str, topology: Topology):
