@@ -37,7 +37,7 @@ from vgg_jax.training.sections import (
     check_for_devices,
     read_config,
 )
-from vgg_jax.training.steps import init_training, pmapped_steps
+from vgg_jax.training.steps import init_training, model_variables, pmapped_steps
 from vgg_jax.training.workdir import (
     finished_step,
     refusal_to_forget_a_run,
@@ -238,9 +238,7 @@ def start_from_weights(config: TrainingConfig, state):
     init_from = config.run.init_from
     try:
         source = warm_start.published_variables(init_from, config.model.model)
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
+        variables = model_variables(state)
         if config.run.init_layers == "all":
             variables, layers, fresh_head = warm_start.fine_tuning_variables(variables, source)
         else:
@@ -263,9 +261,7 @@ def start_from_run(config: RunSection, state):
     every layer for fine-tuning, or the paper's warm start from net A."""
     try:
         source, source_config, step = read_trained_variables(config.init_from)
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
+        variables = model_variables(state)
         variables, layers = warm_start.initial_variables(
             variables, source, source_config.get("model", "?"), config.init_layers
         )

@@ -29,7 +29,7 @@ from vgg_jax.training.sections import TrainingConfig
 
 __all__ = [
     "AXIS_NAME", "TrainState", "TrainingSetup", "eval_step", "init_training",
-    "model_for_training", "new_loss_scale", "pmapped_steps", "train_step",
+    "model_for_training", "model_variables", "new_loss_scale", "pmapped_steps", "train_step",
 ]  # fmt: skip
 
 
@@ -104,7 +104,9 @@ def init_training(
     return setup, init(init_key)
 
 
-def _variables(state: TrainState, params) -> dict:
+def model_variables(state: TrainState, params=None) -> dict:
+    """The model's variables in `state`, with `params` (the state's own by default)."""
+    params = state.params if params is None else params
     if state.batch_stats:
         return {"params": params, "batch_stats": state.batch_stats}
     return {"params": params}
@@ -175,7 +177,7 @@ def _gradients(state: TrainState, batch: dict, dropout_key: jax.Array, setup: Tr
 
     def loss_fn(params):
         logits, new_model_state = model.apply(
-            _variables(state, params),
+            model_variables(state, params),
             model_input(batch),
             train=True,
             rngs={"dropout": dropout_key},
@@ -230,7 +232,7 @@ def _keep_unless_finite(finite: jax.Array, new: TrainState, old: TrainState) -> 
 
 def eval_step(state: TrainState, batch: dict, *, model: VGG) -> dict:
     """Sums over this batch, padding masked out, summed across devices."""
-    logits = model.apply(_variables(state, state.params), model_input(batch), train=False)
+    logits = model.apply(model_variables(state), model_input(batch), train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
     sums = {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
