@@ -62,11 +62,10 @@ def device_memory(device=None) -> int | None:
     return (stats or {}).get("bytes_limit")
 
 
-def compiled_step(setup: TrainingSetup, state: Any, batch: Any, devices=None):
+def compiled_step(setup: TrainingSetup, state: Any, batch: Any):
     """`setup`'s pmapped train step compiled, not run, for arguments shaped like `state` and
-    `batch` (arrays or ShapeDtypeStructs, with the device axis first), over `devices` (the
-    local ones by default): the program train.py runs, and the TPU plan compiles."""
-    return pmapped_steps(setup, devices)[0].lower(state, batch).compile()
+    `batch` (arrays or ShapeDtypeStructs, with the device axis first)."""
+    return pmapped_steps(setup)[0].lower(state, batch).compile()
 
 
 def step_peak(setup: TrainingSetup, state: Any, batch: Any) -> int | None:
