@@ -1,7 +1,8 @@
 """What the tests share: paths, a free port, a Python started from the repository root,
 train.py as a user runs it, jitted init and apply, a metric's input gradient, the shrunken
-training configs, a small training setup and its batches, checkpoint readers, and train.py as
-the fault tests drive it. (A folder data set with bad files: image_folders.py.)
+training configs, a small training setup and its batches, checkpoint readers, train.py as the
+fault tests drive it, and a Keras file of Caffe weights. (A folder data set with bad files:
+image_folders.py.)
 """
 
 import functools
@@ -225,3 +226,25 @@ def assert_same_params(workdir, reference_workdir):
     assert ours.keys() == expected.keys()
     for name in expected:
         np.testing.assert_array_equal(ours[name], expected[name], err_msg=name)
+
+
+def write_keras_h5(params: dict, config_letter: str, path) -> None:
+    """`params` of a configuration `config_letter` VGG without batch norm, written as Keras
+    published the paper's Caffe weights: Keras 2's h5 layout, conv1_1 taking BGR."""
+    import h5py
+
+    from vgg_jax.weights.convert import keras_layer_names
+
+    params = jax.device_get(params)
+    with h5py.File(path, "w") as file:
+        names = keras_layer_names(config_letter)
+        file.attrs["layer_names"] = [n.encode() for n in names.values()]
+        for ours, theirs in names.items():
+            kernel = np.asarray(params[ours]["kernel"])
+            if ours == "conv1_1":
+                kernel = kernel[:, :, ::-1, :]
+            if ours == "fc6":
+                kernel = kernel.reshape(-1, kernel.shape[-1])
+            group = file.create_group(theirs)
+            group.attrs["weight_names"] = [b"kernel:0", b"bias:0"]
+            group["kernel:0"], group["bias:0"] = kernel, np.asarray(params[ours]["bias"])

@@ -188,7 +188,7 @@ def test_the_eval_step_sums_over_real_examples_only():
     state = state.replace(params={**state.params, "fc8": fc8})
     images, labels = next(global_batches(steps=1))
     mask = np.array([1, 1, 0, 1, 0, 1, 1, 0], np.float32)
-    step = jax.pmap(functools.partial(steps.eval_step, model=training_setup.model),
+    step = jax.pmap(functools.partial(steps.eval_step, setup=training_setup),
                     axis_name=steps.AXIS_NAME, devices=jax.devices()[:1])  # fmt: skip
     batch = {"image": images[None], "label": labels[None], "mask": mask[None]}
     sums = jax.device_get(step(jax.tree.map(lambda x: np.stack([x]), state), batch))

@@ -41,7 +41,7 @@ def shard_mapped_steps(setup, mesh, donate=()):
     )  # fmt: skip
     evaluate = jax.jit(
         jax.shard_map(
-            functools.partial(steps.eval_step, model=setup.model), mesh=mesh,
+            functools.partial(steps.eval_step, setup=setup), mesh=mesh,
             in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False,
         )
     )  # fmt: skip

@@ -1,17 +1,27 @@
 """Starting a run from published weights (config.init_from: a registry name or a weights file):
-every layer copied, a fresh classifier where the class counts differ, and the names that
-cannot work refused before anything is read."""
+every layer copied, a fresh classifier where the class counts differ, the names that cannot
+work refused before anything is read, and the images normalised as the weights expect."""
+
+import dataclasses
+import json
 
 import jax
 import numpy as np
 import pytest
-from helpers import IMAGE_SHAPE, flat_arrays, small_config
+from helpers import (
+    IMAGE_SHAPE,
+    flat_arrays,
+    global_batches,
+    small_config,
+    small_training_setup,
+)
 
+from vgg_jax.data.normalization import NORMALIZATIONS, Normalization
 from vgg_jax.training import warm_start
 from vgg_jax.training.reports import TrainingError
-from vgg_jax.training.sections import read_config
+from vgg_jax.training.sections import read_config, read_saved_config
 from vgg_jax.training.start import start_from_weights, validate_config
-from vgg_jax.training.steps import init_training
+from vgg_jax.training.steps import init_training, pmapped_steps
 from vgg_jax.weights.pretrained import save_safetensors
 
 
@@ -61,8 +71,9 @@ def config_with(init_from: str, **overrides):
     [("vgg16.nonsense_in1k", "vgg16", "Unknown pretrained weights 'vgg16.nonsense_in1k': "
       "choose one of vgg11.tv_in1k"),
      ("vgg19.tv_in1k", "vgg16", "vgg19.tv_in1k holds vgg19's weights, and config.model='vgg16' "
-      "is another network: use vgg16.tv_in1k"),
-     ("vgg16.caffe_in1k", "vgg16", "expects the Caffe preprocessing")],
+      "is another network: use vgg16.tv_in1k or vgg16.caffe_in1k"),
+     ("vgg16.caffe_in1k", "vgg16_bn", "vgg16.caffe_in1k holds vgg16's weights, and "
+      "config.model='vgg16_bn' is another network: use vgg16_bn.tv_in1k")],
 )  # fmt: skip
 def test_names_that_cannot_work_are_refused_before_anything_is_read(init_from, model, words):
     with pytest.raises(TrainingError, match="config.init_from=") as error:
@@ -91,3 +102,69 @@ def test_work_directories_stay_work_directories():
     assert not warm_start.names_published_weights("runs/vgg11_s256")
     assert warm_start.names_published_weights("vgg16_bn.tv_in1k")
     assert warm_start.names_published_weights("./my weights/vgg16.safetensors")
+
+
+# ------------------------------------------------------------ the normalisation they expect
+
+
+@pytest.mark.parametrize(
+    "init_from, expected",
+    [("", "imagenet"), ("vgg16.tv_in1k", "imagenet"), ("vgg16.caffe_in1k", "caffe"),
+     ("weights/vgg16.safetensors", "imagenet"), ("weights/vgg16.pth", "imagenet"),
+     ("weights/vgg16_caffe.h5", "caffe")],
+)  # fmt: skip
+def test_auto_normalisation_is_what_the_starting_weights_expect_and_is_recorded(
+    init_from, expected
+):
+    config = read_config(small_config(model="vgg16", init_from=init_from))
+    assert config.data.normalization == expected
+    assert json.loads(config.to_json())["normalization"] == expected  # config.json's
+    assert read_saved_config(config.as_dict()).data.normalization == expected
+
+
+def test_a_work_directory_passes_on_the_normalisation_it_recorded(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"normalization": "caffe"}))
+    assert read_config(small_config(init_from=str(tmp_path))).data.normalization == "caffe"
+    (tmp_path / "config.json").write_text(json.dumps({"model": "vgg11"}))  # records none
+    assert read_config(small_config(init_from=str(tmp_path))).data.normalization == "imagenet"
+    # A checkpoint's config that records none trained with ImageNet's.
+    assert read_saved_config({"model": "vgg11"}).data.normalization == "imagenet"
+
+
+def test_a_normalisation_against_the_weights_is_refused_in_one_line():
+    with pytest.raises(TrainingError) as error:
+        validate_config(small_config(model="vgg16", init_from="vgg16.caffe_in1k",
+                                     normalization="imagenet"))  # fmt: skip
+    assert str(error.value) == (
+        "config.normalization='imagenet' is not the normalisation the weights of "
+        "config.init_from='vgg16.caffe_in1k' expect ('caffe'): leave it 'auto' to use theirs."
+    )
+    config = small_config(model="vgg16", init_from="vgg16.caffe_in1k", normalization="caffe")
+    assert validate_config(config).data.normalization == "caffe"
+    with pytest.raises(TrainingError, match="config.normalization must be one of auto, "):
+        validate_config(small_config(normalization="torch"))
+
+
+@pytest.mark.parametrize("name", ["imagenet", "caffe"])
+def test_the_train_and_eval_steps_take_the_configured_normalisation(name):
+    """Each step on uint8 images equals the same step on images normalised by hand with
+    `name`'s preset (and a setup that then changes nothing)."""
+    setup, state = small_training_setup(batch_norm=True, normalization=name)
+    assert setup.normalization == NORMALIZATIONS[name]
+    images, labels = next(global_batches(1))
+    by_hand = setup.normalization(images)
+    unchanged = dataclasses.replace(setup, normalization=Normalization((0, 0, 0), (1, 1, 1)))
+    replicated = jax.tree.map(lambda leaf: np.stack([leaf]), jax.device_get(state))
+
+    def run(step_setup, batch_images):
+        batch = {"image": batch_images[None], "label": labels[None]}
+        train, evaluate = pmapped_steps(step_setup, devices=jax.local_devices()[:1])
+        sums = evaluate(replicated, batch)
+        trained, _ = train(replicated, batch)
+        return sums, trained.params
+
+    ours, theirs = run(setup, images), run(unchanged, by_hand)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+    other = "caffe" if name == "imagenet" else "imagenet"
+    elsewise = run(dataclasses.replace(setup, normalization=NORMALIZATIONS[other]), images)
+    assert not np.array_equal(elsewise[0]["loss"], ours[0]["loss"])

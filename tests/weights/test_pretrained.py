@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TESTS, relative_error, run_python
+from helpers import TESTS, relative_error, run_python, write_keras_h5
 
 import vgg_jax
 from vgg_jax.data.normalization import CAFFE_NORMALIZATION, IMAGENET_NORMALIZATION
@@ -159,18 +159,7 @@ def test_keras_h5_converts_with_bgr_folded_into_the_first_conv(tmp_path):
     model, variables = small_variables("vgg16")
     params = jax.device_get(variables["params"])
     path = tmp_path / "weights.h5"
-    with h5py.File(path, "w") as file:  # the Keras file of these weights, written by hand
-        names = convert.keras_layer_names("D")
-        file.attrs["layer_names"] = [n.encode() for n in names.values()]
-        for ours, theirs in names.items():
-            kernel = params[ours]["kernel"]
-            if ours == "conv1_1":
-                kernel = kernel[:, :, ::-1, :]  # Keras's Caffe weights take BGR
-            if ours == "fc6":
-                kernel = kernel.reshape(-1, kernel.shape[-1])
-            group = file.create_group(theirs)
-            group.attrs["weight_names"] = [b"kernel:0", b"bias:0"]
-            group["kernel:0"], group["bias:0"] = kernel, params[ours]["bias"]
+    write_keras_h5(params, "D", path)  # the Keras file of these weights, conv1_1 taking BGR
     loaded = pretrained.variables_from_file(path, model)
     jax.tree.map(np.testing.assert_array_equal, loaded, {"params": params})
 

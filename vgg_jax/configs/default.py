@@ -55,6 +55,11 @@ def _data(config: ConfigDict) -> None:
     config.crop_size = 0  # random crop in training, centre crop in evaluation; 0: whole image
     config.random_flip = False  # digits are not mirror-symmetric
     config.pca_lighting = 0.0  # sigma of AlexNet's colour noise (the paper's recipe: 0.1)
+    # The model's input: "imagenet" (ImageNet's mean and deviation per channel subtracted and
+    # divided, as torchvision's weights expect) or "caffe" (the mean pixel subtracted, as the
+    # paper's Caffe weights expect). "auto": what config.init_from's weights expect, else
+    # "imagenet". The run records the choice; evaluate and predict apply it.
+    config.normalization = "auto"
     # Inception-style random-resized crops of crop_size instead of the paper's S and crop.
     config.inception_crop = False
     config.eval_scale = 0  # Q: smaller side before the centre crop; 0 keeps it

@@ -3,7 +3,8 @@
 The input pipeline sends uint8 images (a quarter of float32's bytes over the host-to-device
 link, and half the host's work per image) with, for training, each image's PCA lighting shift;
 the train and eval steps turn them into the model's float input here, where it costs nothing.
-Pretrained weights name the statistics they were trained with as a `Normalization` preset.
+Pretrained weights name the statistics they were trained with as a `Normalization` preset, and a
+training config names one of NORMALIZATIONS (config.normalization).
 """
 
 from __future__ import annotations
@@ -52,11 +53,20 @@ IMAGENET_NORMALIZATION = Normalization(MEAN_RGB, STDDEV_RGB)
 CAFFE_NORMALIZATION = Normalization(CAFFE_MEAN_RGB, (1.0, 1.0, 1.0))
 
 
+# The presets by the names a training config gives them.
+NORMALIZATIONS = {"imagenet": IMAGENET_NORMALIZATION, "caffe": CAFFE_NORMALIZATION}
+
+
+def normalization_name(normalization: Normalization) -> str:
+    """The name NORMALIZATIONS gives a preset."""
+    return next(name for name, preset in NORMALIZATIONS.items() if preset == normalization)
+
+
 def normalize(images: jax.Array, lighting: jax.Array | None = None) -> jax.Array:
-    """The training normalisation (IMAGENET_NORMALIZATION) of uint8 images."""
+    """The default training normalisation (IMAGENET_NORMALIZATION) of uint8 images."""
     return IMAGENET_NORMALIZATION(images, lighting)
 
 
-def model_input(batch: dict) -> jax.Array:
+def model_input(batch: dict, normalization: Normalization = IMAGENET_NORMALIZATION) -> jax.Array:
     """The model's input from an input-pipeline batch of uint8 images (and PCA shifts)."""
-    return normalize(batch["image"], batch.get("lighting"))
+    return normalization(batch["image"], batch.get("lighting"))

@@ -21,7 +21,7 @@ require_training_libraries()  # a base install has no ml_collections: name the e
 import jax
 import jax.numpy as jnp
 
-from vgg_jax.data.normalization import IMAGENET_NORMALIZATION
+from vgg_jax.data.normalization import NORMALIZATIONS
 from vgg_jax.data.sources import class_names
 from vgg_jax.model.architectures import resolve_model_name
 from vgg_jax.model.dtypes import compute_dtype
@@ -76,7 +76,7 @@ def from_checkpoint(
         name=f"{workdir} (step {step})",
         model=network,
         variables=jax.tree.map(jnp.asarray, variables),
-        preprocess=IMAGENET_NORMALIZATION,
+        preprocess=NORMALIZATIONS[config.data.normalization],
         class_names=class_names(config.data.dataset, config.data.data_dir, num_classes),
         dataset=config.data.dataset,
         data_dir=config.data.data_dir,

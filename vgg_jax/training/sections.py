@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from vgg_jax.data.normalization import NORMALIZATIONS
 from vgg_jax.model.architectures import (
     BATCH_NORM_SUFFIX,
     resolve_model_name,
@@ -34,7 +35,12 @@ from vgg_jax.model.rules import (
 )
 from vgg_jax.model.vgg import VGG, create_model
 from vgg_jax.training.optim import SCHEDULES
-from vgg_jax.training.warm_start import CLASSIFIER, HEAD_LAYERS, INIT_LAYERS
+from vgg_jax.training.warm_start import (
+    CLASSIFIER,
+    HEAD_LAYERS,
+    INIT_LAYERS,
+    expected_normalization,
+)
 
 
 class ConfigError(ValueError):
@@ -88,6 +94,7 @@ class DataSection:
     crop_size: int
     random_flip: bool
     pca_lighting: float
+    normalization: str  # a name of NORMALIZATIONS ("auto" is resolved by read_config)
     inception_crop: bool
     eval_scale: int
 
@@ -178,6 +185,7 @@ RULES: dict[str, Rule] = {
     "init_scheme": one_of(INIT_SCHEMES),
     "dtype": one_of(("auto", *COMPUTE_DTYPES)),
     "init_layers": one_of(INIT_LAYERS),
+    "normalization": one_of(("auto", *NORMALIZATIONS)),
     "batch_size": POSITIVE_INTEGER,
     "grad_accum_steps": at_least(1, "a positive integer (1: none)"),
     "remat": FLAG,
@@ -226,8 +234,9 @@ RETIRED_FIELDS = {
 
 
 def read_config(config) -> TrainingConfig:
-    """The config (a ConfigDict or a dict), every field checked; raises ConfigError naming the
-    first field that cannot work."""
+    """The config (a ConfigDict or a dict), every field checked, and normalization "auto"
+    resolved to the one the starting weights expect; raises ConfigError naming the first field
+    that cannot work."""
     if isinstance(config, TrainingConfig):
         return config
     fields = _flat(config)
@@ -243,15 +252,17 @@ def read_config(config) -> TrainingConfig:
     problem = _first_problem(fields)
     if problem is not None:
         raise ConfigError(problem)
-    return _sections(fields)
+    return _sections({**fields, "normalization": _normalization(fields)})
 
 
 def read_saved_config(saved: Mapping[str, Any]) -> TrainingConfig:
     """The config a checkpoint saved, upgraded to today's fields; fields added since it was
-    saved take their defaults. Not checked again: it trained."""
+    saved take their defaults, but a run that names no normalization trained with ImageNet's.
+    Not checked again: it trained."""
     from vgg_jax.configs.default import get_config
 
-    fields = {**_flat(get_config()), **upgraded_saved_config(saved)}
+    defaults = {**_flat(get_config()), "normalization": "imagenet"}
+    fields = {**defaults, **upgraded_saved_config(saved)}
     return _sections(fields)
 
 
@@ -297,7 +308,7 @@ def _names(cls) -> list[str]:
 
 
 def _first_problem(fields: dict) -> str | None:
-    choices = ("lr_schedule", "init_scheme", "dtype", "init_layers")
+    choices = ("lr_schedule", "init_scheme", "dtype", "init_layers", "normalization")
     problem = first_problem(fields, {name: RULES[name] for name in choices}, "config.")
     if problem is not None:
         return problem
@@ -313,7 +324,30 @@ def _first_problem(fields: dict) -> str | None:
             f"{', '.join(layers)}."
         )
     rest = {name: rule for name, rule in RULES.items() if name not in choices}
-    return first_problem(fields, rest, "config.") or _augmentation_problem(fields)
+    return (
+        first_problem(fields, rest, "config.")
+        or _augmentation_problem(fields)
+        or _normalization_problem(fields)
+    )
+
+
+def _normalization(fields: dict) -> str:
+    """config.normalization as given, or for "auto" what config.init_from's weights expect
+    (ImageNet's where it names none)."""
+    if fields["normalization"] != "auto":
+        return fields["normalization"]
+    return expected_normalization(fields["init_from"]) or "imagenet"
+
+
+def _normalization_problem(fields: dict) -> str | None:
+    given, init_from = fields["normalization"], fields["init_from"]
+    expected = expected_normalization(init_from)
+    if given in ("auto", expected) or expected is None:
+        return None
+    return (
+        f"config.normalization={given!r} is not the normalisation the weights of "
+        f"config.init_from={init_from!r} expect ({expected!r}): leave it 'auto' to use theirs."
+    )
 
 
 def _augmentation_problem(fields: dict) -> str | None:

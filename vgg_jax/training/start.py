@@ -271,7 +271,8 @@ def start_from_run(config: RunSection, state):
             f"start from random weights)."
         ) from None
     logger.info(
-        "Initialised from %s (step %d, %s): copied %s; the other layers start random.",
+        "Initialised from %s (step %d, %s): copied %s%s.",
         config.init_from, step, source_config.get("model"), ", ".join(layers),
+        "; the other layers start random" if config.init_layers == "warm_start" else "",
     )  # fmt: skip
     return state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))

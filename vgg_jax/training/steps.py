@@ -20,7 +20,7 @@ from flax.training.dynamic_scale import DynamicScale
 from jax import lax
 from optax import microbatching
 
-from vgg_jax.data.normalization import model_input
+from vgg_jax.data.normalization import NORMALIZATIONS, Normalization, model_input
 from vgg_jax.model.vgg import VGG
 from vgg_jax.parallel import AXIS_NAME
 from vgg_jax.training.metrics import correct_top_k, cross_entropy
@@ -56,14 +56,16 @@ def new_loss_scale() -> DynamicScale:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
-    """What the train step needs besides the state: the model (BatchNorm statistics averaged
-    across the pmap axis), the optimiser, the learning rate that scales its updates, and the
-    number of micro-batches each device's batch is split into."""
+    """What the steps need besides the state: the model (BatchNorm statistics averaged across
+    the pmap axis), the optimiser, the learning rate that scales its updates, the number of
+    micro-batches each device's batch is split into, and the normalisation that turns uint8
+    images into the model's input."""
 
     model: VGG
     tx: optax.GradientTransformation
     learning_rate: LearningRate
     grad_accum_steps: int = 1
+    normalization: Normalization = NORMALIZATIONS["imagenet"]
 
     @property
     def loss_scaling(self) -> bool:
@@ -83,6 +85,7 @@ def init_training(
         make_optimizer(config.optimizer, learning_rate, model),
         learning_rate,
         grad_accum_steps=config.optimizer.grad_accum_steps,
+        normalization=NORMALIZATIONS[config.data.normalization],
     )
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.run.seed))
     images = jnp.zeros((1, *image_shape), jnp.float32)
@@ -178,7 +181,7 @@ def _gradients(state: TrainState, batch: dict, dropout_key: jax.Array, setup: Tr
     def loss_fn(params):
         logits, new_model_state = model.apply(
             model_variables(state, params),
-            model_input(batch),
+            model_input(batch, setup.normalization),
             train=True,
             rngs={"dropout": dropout_key},
             mutable=mutable,
@@ -230,9 +233,10 @@ def _keep_unless_finite(finite: jax.Array, new: TrainState, old: TrainState) -> 
     )
 
 
-def eval_step(state: TrainState, batch: dict, *, model: VGG) -> dict:
+def eval_step(state: TrainState, batch: dict, *, setup: TrainingSetup) -> dict:
     """Sums over this batch, padding masked out, summed across devices."""
-    logits = model.apply(model_variables(state), model_input(batch), train=False)
+    images = model_input(batch, setup.normalization)
+    logits = setup.model.apply(model_variables(state), images, train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
     sums = {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -260,7 +264,7 @@ def pmapped_steps(setup: TrainingSetup, devices=None):
         devices=devices,
     )
     p_eval_step = jax.pmap(
-        functools.partial(eval_step, model=setup.model), axis_name=AXIS_NAME, devices=devices
+        functools.partial(eval_step, setup=setup), axis_name=AXIS_NAME, devices=devices
     )
     return p_train_step, p_eval_step
 

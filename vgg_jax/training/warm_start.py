@@ -21,16 +21,19 @@ fine-tuned from S=256 ones and the scale-jittered nets from S=384 ones.
 A run may also start from published weights: a registry name (vgg_jax.weights.pretrained's
 WEIGHTS, downloaded and hash-checked) or a weights file (.pth, .safetensors, Keras .h5). Then
 "all" copies every layer, except that the classifier (fc8) starts fresh, sized for the data,
-where the data set's class count differs from the weights'.
+where the data set's class count differs from the weights'. Training then normalises its
+images as the weights expect (expected_normalization).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
 import numpy as np
 
+from vgg_jax.data.normalization import normalization_name
 from vgg_jax.model.architectures import HEAD_FEATURE_NAMES, layer_specs, resolve_model_name
 from vgg_jax.weights import convert
 from vgg_jax.weights.pretrained import WEIGHTS, converted_variables, read_arrays, weights_file
@@ -111,6 +114,23 @@ def names_published_weights(init_from: str) -> bool:
     return looks_like_a_name and not os.path.exists(init_from)
 
 
+def expected_normalization(init_from: str) -> str | None:
+    """The normalisation (a name of vgg_jax.data.normalization.NORMALIZATIONS) that the weights
+    `init_from` names expect: the registry entry's; the Caffe mean pixel for a Keras .h5 file
+    (the paper's weights); ImageNet's for a torchvision-layout file; for a train.py work
+    directory, the one its config.json records (ImageNet's where it records none). None where
+    `init_from` is empty or names nothing that exists."""
+    if init_from in WEIGHTS:
+        return normalization_name(WEIGHTS[init_from].preprocessing)
+    suffix = pathlib.Path(init_from).suffix.lower()
+    if suffix in WEIGHTS_SUFFIXES:
+        return "caffe" if suffix == ".h5" else "imagenet"
+    recorded = pathlib.Path(init_from).expanduser() / "config.json"
+    if not init_from or not recorded.is_file():
+        return None
+    return json.loads(recorded.read_text()).get("normalization", "imagenet")
+
+
 def check_published_weights(init_from: str, model_name: str) -> None:
     """Raises ValueError, before anything is read, for a registry name that names no weights or
     weights of another network than `model_name`. A file is read where the run starts from it
@@ -123,12 +143,6 @@ def check_published_weights(init_from: str, model_name: str) -> None:
                 f"is another network: use {_names_for(model_name) or 'weights of it'}, or "
                 f"config.model={weights.model!r}."
             )
-        if weights.layout == "keras":
-            raise ValueError(
-                f"{init_from} expects the Caffe preprocessing (BGR, mean pixel), which "
-                f"training does not apply: start from {_names_for(model_name) or 'tv_in1k'} "
-                f"weights."
-            )
     elif pathlib.Path(init_from).suffix.lower() not in WEIGHTS_SUFFIXES:
         raise ValueError(
             f"Unknown pretrained weights {init_from!r}: choose one of {', '.join(WEIGHTS)}, "
@@ -139,7 +153,7 @@ def check_published_weights(init_from: str, model_name: str) -> None:
 def _names_for(model_name: str) -> str:
     wanted = resolve_model_name(model_name)
     names = [w.name for w in WEIGHTS.values() if resolve_model_name(w.model) == wanted]
-    return " or ".join(name for name in names if name.endswith("tv_in1k"))
+    return " or ".join(names)
 
 
 def published_variables(init_from: str, model_name: str) -> dict:
@@ -150,15 +164,16 @@ def published_variables(init_from: str, model_name: str) -> dict:
         weights = WEIGHTS[init_from]
         variables, _ = converted_variables(weights_file(weights), config, batch_norm, weights.layout)
         return variables
-    path = pathlib.Path(init_from)
-    if path.suffix.lower() == ".h5":
-        raise ValueError(
-            f"{init_from} is a Keras file of the Caffe weights, which expect the Caffe "
-            f"preprocessing (BGR, mean pixel): training does not apply it; start from a "
-            f"torchvision-layout file."
-        )
+    path = pathlib.Path(init_from).expanduser()
     if not path.is_file():
         raise ValueError(f"No weights file at {init_from}.")
+    if path.suffix.lower() == ".h5":  # the paper's Caffe weights, as Keras saved them
+        if batch_norm:
+            raise ValueError(
+                f"{init_from} is a Keras file of the paper's Caffe weights, which have no batch "
+                f"norm, and config.model={model_name!r} has: use the name without '_bn'."
+            )
+        return converted_variables(path, config, batch_norm, "keras")[0]
     arrays = read_arrays(path, "torch")
     try:
         return convert.from_torch(arrays, config, batch_norm)
