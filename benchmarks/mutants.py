@@ -175,8 +175,8 @@ MUTANTS = [
            "minval=scale[0], maxval=scale[1], dtype=tf.int32\n        )\n        window",
            "S_max never drawn"),
     # Normalisation.
-    Mutant(NORMALIZATION, 'return normalize(batch["image"], batch.get("lighting"))',
-           'return normalize(batch["image"])', "model input without the PCA shift"),
+    Mutant(NORMALIZATION, 'return normalization(batch["image"], batch.get("lighting"))',
+           'return normalization(batch["image"])', "model input without the PCA shift"),
     Mutant(NORMALIZATION, "images = images + lighting[..., None, None, :]",
            "images = images - lighting[..., None, None, :]", "PCA shift subtracted"),
     Mutant(NORMALIZATION, "return (images - jnp.asarray(self.mean)) / jnp.asarray(self.stddev)",

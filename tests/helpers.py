@@ -8,6 +8,7 @@ image_folders.py.)
 import functools
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -205,6 +206,19 @@ def tiny_flags(workdir, digits_dir, **overrides) -> list[str]:
     default = get_config()
     changed = {key: value for key, value in config.items() if value != default[key]}
     return [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in changed.items()]
+
+
+def logged_steps(workdir) -> list[int]:
+    log = pathlib.Path(workdir) / "train.log"
+    text = log.read_text() if log.exists() else ""
+    return [int(step) for step in re.findall(r"^.*step (\d+): loss", text, re.MULTILINE)]
+
+
+def committed_steps(workdir) -> list[int]:
+    folder = pathlib.Path(workdir) / "checkpoints"
+    if not folder.exists():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 def wait_until(condition, process, timeout=180, what="the condition"):

@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from helpers import (
     assert_same_params,
+    committed_steps,
     flat_arrays,
     free_port,
+    logged_steps,
     run_train_py,
     saved_state,
     start_train_py,
@@ -38,19 +40,6 @@ from vgg_jax.training.checkpoints import (
 )
 from vgg_jax.training.loop import TrainingError, train_and_evaluate
 from vgg_jax.training.workdir import LOCK_FILE, in_use_message
-
-
-def logged_steps(workdir) -> list[int]:
-    log = pathlib.Path(workdir) / "train.log"
-    text = log.read_text() if log.exists() else ""
-    return [int(step) for step in re.findall(r"^.*step (\d+): loss", text, re.MULTILINE)]
-
-
-def committed_steps(workdir) -> list[int]:
-    folder = pathlib.Path(workdir) / "checkpoints"
-    if not folder.exists():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 def test_kill_9_mid_training_resumes_losing_at_most_one_checkpoint_interval(

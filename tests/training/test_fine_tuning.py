@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from helpers import (
     assert_same_params,
+    committed_steps,
     flat_arrays,
+    logged_steps,
     saved_state,
     start_train_py,
     tiny_config,
@@ -20,7 +22,6 @@ from helpers import (
     wait_until,
     write_keras_h5,
 )
-from test_faults import committed_steps, logged_steps
 
 from vgg_jax.configs import get_config
 from vgg_jax.data.digits import digit_images
