@@ -1,9 +1,18 @@
 """`import vgg_jax` checks the installed libraries' versions before importing jax (the notebooks
-install vgg_jax without its dependencies in Colab, keeping Colab's jax and tensorflow)."""
+install vgg_jax without its dependencies in Colab, keeping Colab's jax and tensorflow), and sets
+the environment JAX starts in: libtpu's without a TPU, XLA:CPU's flags for VGG."""
+
+import os
+import re
 
 from helpers import run_python
 
-from vgg_jax.environment import unmet_requirements
+from vgg_jax.environment import (
+    KEEP_YNN_FUSIONS,
+    YNN_FUSIONS_OFF,
+    turn_off_ynn_fusions,
+    unmet_requirements,
+)
 
 INSTALLED = {"jax": "0.4.30", "flax": "0.12.8", "tensorflow": "2.19.0", "tqdm": "4.67.1"}
 
@@ -84,3 +93,64 @@ def test_libtpus_environment_is_left_to_the_user_and_to_tpu_machines(monkeypatch
     monkeypatch.setattr(environment.glob, "glob", lambda pattern: [str(google_device / "vendor")])
     environ = {}
     assert not environment.quiet_libtpu_without_tpu(environ) and environ == {}
+
+
+# ------------------------------------------------- XLA:CPU's YNNPACK fusions (turn_off_ynn_fusions)
+
+CONV_KERNEL = re.compile(r"__params____conv\d+_\d+____kernel__")
+FC_KERNEL = re.compile(r"__params____fc[678]____kernel__")
+# VGG16's logits, compiled for this process's CPU, as HLO text (parameters named by their
+# variable path); `print` is there for a subprocess.
+VGG16_LOGITS_HLO = """
+import jax, jax.numpy as jnp, vgg_jax
+model = vgg_jax.vgg16()
+images = jax.ShapeDtypeStruct((8, 224, 224, 3), jnp.float32)
+variables = jax.eval_shape(model.init, jax.random.key(0), images)
+hlo = jax.jit(model.apply).lower(variables, images).compile().as_text()
+print(hlo)
+"""
+
+
+def fusions_of_conv_and_fc_kernels(hlo: str) -> list[str]:
+    """The fusions of a compiled program that take in a conv kernel and an FC kernel both."""
+    fusions = [line for line in hlo.splitlines() if " fusion(" in line]
+    return [
+        line.split("=")[0].strip()
+        for line in fusions
+        if CONV_KERNEL.search(line.split("), kind=")[0])
+        and FC_KERNEL.search(line.split("), kind=")[0])
+    ]
+
+
+def test_vgg16s_compiled_cpu_program_keeps_the_conv_stack_out_of_the_classifier():
+    namespace = {}
+    exec(VGG16_LOGITS_HLO.replace("print(hlo)", ""), namespace)
+    assert YNN_FUSIONS_OFF in os.environ["XLA_FLAGS"]  # set by `import vgg_jax`
+    assert fusions_of_conv_and_fc_kernels(namespace["hlo"]) == []
+    # XLA's own choice, where a user keeps it, is the one fusion that takes in them all.
+    kept = run_python("-c", VGG16_LOGITS_HLO,
+                      env={**os.environ, KEEP_YNN_FUSIONS: "1", "XLA_FLAGS": ""})  # fmt: skip
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert YNN_FUSIONS_OFF not in kept.stdout
+    assert len(fusions_of_conv_and_fc_kernels(kept.stdout)) == 1
+
+
+def test_the_users_own_ynn_setting_and_the_opt_out_are_kept():
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert turn_off_ynn_fusions(environ, jax_started=False)
+    assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {YNN_FUSIONS_OFF}"
+    assert not turn_off_ynn_fusions(environ, jax_started=False)  # once is enough
+    assert environ["XLA_FLAGS"].count(YNN_FUSIONS_OFF) == 1
+    chosen = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert not turn_off_ynn_fusions(chosen, jax_started=False)
+    assert chosen["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    kept = {KEEP_YNN_FUSIONS: "1"}
+    assert not turn_off_ynn_fusions(kept, jax_started=False) and "XLA_FLAGS" not in kept
+
+
+def test_importing_vgg_jax_after_jax_started_on_a_cpu_says_what_to_do():
+    code = "import jax; jax.devices(); import vgg_jax"
+    result = run_python("-c", code, env={**os.environ, "XLA_FLAGS": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "JAX started before vgg_jax was imported, so XLA:CPU keeps the YNNPACK" in result.stderr
+    assert "import vgg_jax before JAX runs anything" in result.stderr

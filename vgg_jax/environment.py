@@ -8,6 +8,9 @@ checkout that is not installed has none and is not checked. The base requirement
 `train` extra's are checked, the other extras' (test, notebooks) not. A library that is missing
 is not reported here: the model, the weights and LPIPS run without TensorFlow, and the modules
 of training, the input pipeline and evaluation call require_training_libraries() first.
+
+Also the environment JAX starts in, set before it starts: libtpu's on a machine without a TPU,
+and XLA:CPU's flags for VGG (turn_off_ynn_fusions).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import importlib.metadata
 import importlib.util
 import os
 import pathlib
+import sys
+import warnings
 from typing import Callable, Iterable
 
 from packaging.requirements import Requirement
@@ -51,6 +56,18 @@ LIBTPU_WITHOUT_TPU = {
     "TPU_WORKER_HOSTNAMES": "localhost",
     "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
+
+
+# XLA:CPU (jaxlib 0.10) wraps the product of VGG's fc7 in one YNNPACK fusion together with
+# everything that produces its input, up to the image: every convolution of the network runs
+# inside that fusion, at under half the speed of the same program without it (VGG16's logits:
+# docs/performance.md). Without YNNPACK fusions the convolutions and products run as XLA:CPU
+# ran them before, faster for VGG; the flag is read once, when JAX starts its CPU backend, and
+# other backends ignore xla_cpu_ flags.
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSIONS_OFF = f"{YNN_FUSION_FLAG}="
+# Set (to anything) to keep XLA's own YNNPACK fusions.
+KEEP_YNN_FUSIONS = "VGG_JAX_KEEP_YNN_FUSIONS"
 
 
 class MissingTrainingLibraries(ImportError):
@@ -169,3 +186,29 @@ def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
     for name, value in LIBTPU_WITHOUT_TPU.items():
         environ.setdefault(name, value)
     return True
+
+
+def turn_off_ynn_fusions(environ=os.environ, jax_started: bool | None = None) -> bool:
+    """Adds YNN_FUSIONS_OFF to XLA_FLAGS, unless the flag is there already (the user's choice)
+    or KEEP_YNN_FUSIONS is set; True where it did. Runs on `import vgg_jax`; where JAX has
+    started its backends already (`jax_started`: asked of JAX by default) it is too late, and
+    a CPU backend gets a warning that says so."""
+    flags = environ.get("XLA_FLAGS", "")
+    if YNN_FUSION_FLAG in flags or KEEP_YNN_FUSIONS in environ:
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {YNN_FUSIONS_OFF}".strip()
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if jax_started is None:
+        jax_started = bridge is not None and bridge.backends_are_initialized()
+    if not jax_started:
+        return True
+    import jax
+
+    if jax.default_backend() == "cpu":
+        warnings.warn(
+            f"JAX started before vgg_jax was imported, so XLA:CPU keeps the YNNPACK fusion that "
+            f"runs VGG at half speed: import vgg_jax before JAX runs anything, or set "
+            f"XLA_FLAGS={YNN_FUSIONS_OFF} before Python starts (docs/performance.md).",
+            stacklevel=3,
+        )
+    return False
