@@ -10,7 +10,7 @@ is not reported here: the model, the weights and LPIPS run without TensorFlow, a
 of training, the input pipeline and evaluation call require_training_libraries() first.
 
 Also the environment JAX starts in, set before it starts: libtpu's on a machine without a TPU,
-and XLA:CPU's flags for VGG (turn_off_ynn_fusions).
+and XLA:CPU's flags for VGG (limit_ynn_to_convolutions).
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ LIBTPU_WITHOUT_TPU = {
 # XLA:CPU (jaxlib 0.10) wraps the product of VGG's fc7 in one YNNPACK fusion together with
 # everything that produces its input, up to the image: every convolution of the network runs
 # inside that fusion, at under half the speed of the same program without it (VGG16's logits:
-# docs/performance.md). Without YNNPACK fusions the convolutions and products run as XLA:CPU
-# ran them before, faster for VGG; the flag is read once, when JAX starts its CPU backend, and
-# other backends ignore xla_cpu_ flags.
+# docs/performance.md). YNNPACK for each convolution alone, and no fusions, keeps them out; it
+# keeps YNNPACK's float64 convolutions too, which without it run tens of times slower. The
+# flag is read once, when JAX starts its CPU backend; other backends ignore xla_cpu_ flags.
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-YNN_FUSIONS_OFF = f"{YNN_FUSION_FLAG}="
+YNN_CONVOLUTIONS_ONLY = f"{YNN_FUSION_FLAG}=individual_convolution"
 # Set (to anything) to keep XLA's own YNNPACK fusions.
 KEEP_YNN_FUSIONS = "VGG_JAX_KEEP_YNN_FUSIONS"
 
@@ -188,15 +188,15 @@ def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
     return True
 
 
-def turn_off_ynn_fusions(environ=os.environ, jax_started: bool | None = None) -> bool:
-    """Adds YNN_FUSIONS_OFF to XLA_FLAGS, unless the flag is there already (the user's choice)
-    or KEEP_YNN_FUSIONS is set; True where it did. Runs on `import vgg_jax`; where JAX has
-    started its backends already (`jax_started`: asked of JAX by default) it is too late, and
-    a CPU backend gets a warning that says so."""
+def limit_ynn_to_convolutions(environ=os.environ, jax_started: bool | None = None) -> bool:
+    """Adds YNN_CONVOLUTIONS_ONLY (YNNPACK for single convolutions, no fusions) to XLA_FLAGS,
+    unless the flag is there already (the user's choice) or KEEP_YNN_FUSIONS is set; True where
+    it did. Runs on `import vgg_jax`; where JAX has started its backends already (`jax_started`:
+    asked of JAX by default) it is too late, and a CPU backend gets a warning that says so."""
     flags = environ.get("XLA_FLAGS", "")
     if YNN_FUSION_FLAG in flags or KEEP_YNN_FUSIONS in environ:
         return False
-    environ["XLA_FLAGS"] = f"{flags} {YNN_FUSIONS_OFF}".strip()
+    environ["XLA_FLAGS"] = f"{flags} {YNN_CONVOLUTIONS_ONLY}".strip()
     bridge = sys.modules.get("jax._src.xla_bridge")
     if jax_started is None:
         jax_started = bridge is not None and bridge.backends_are_initialized()
@@ -208,7 +208,7 @@ def turn_off_ynn_fusions(environ=os.environ, jax_started: bool | None = None) ->
         warnings.warn(
             f"JAX started before vgg_jax was imported, so XLA:CPU keeps the YNNPACK fusion that "
             f"runs VGG at half speed: import vgg_jax before JAX runs anything, or set "
-            f"XLA_FLAGS={YNN_FUSIONS_OFF} before Python starts (docs/performance.md).",
+            f"XLA_FLAGS={YNN_CONVOLUTIONS_ONLY} before Python starts (docs/performance.md).",
             stacklevel=3,
         )
     return False
