@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="images per call")
     parser.add_argument("--steps", type=int, default=2, help="calls per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--skip-lpips", action="store_true", help="leave LPIPS and DISTS out")
     parser.add_argument("--jax-only", action="store_true", help="vgg_jax's rows alone")
     parser.add_argument("--json", help="write the results here too")
@@ -139,7 +140,10 @@ def rates(functions: dict, args, finish=lambda out: out) -> dict:
 def jax_rows(args) -> dict:
     import jax
 
-    return {name: rates(jax_functions(name, args), args, jax.block_until_ready) for name in MODELS}
+    return {
+        name: rates(jax_functions(name, args), args, jax.block_until_ready)
+        for name in args.models.split(",")
+    }
 
 
 def xla_default_rows(args) -> dict:
@@ -148,7 +152,7 @@ def xla_default_rows(args) -> dict:
         out = pathlib.Path(folder) / "rows.json"
         command = [sys.executable, "-m", "benchmarks.cpu_speed", "--jax-only", "--json", str(out),
                    f"--size={args.size}", f"--batch={args.batch}", f"--steps={args.steps}",
-                   f"--repeats={args.repeats}"]  # fmt: skip
+                   f"--repeats={args.repeats}", f"--models={args.models}"]  # fmt: skip
         from vgg_jax.environment import KEEP_YNN_FUSIONS, YNN_CONVOLUTIONS_ONLY
 
         flags = os.environ.get("XLA_FLAGS", "").replace(YNN_CONVOLUTIONS_ONLY, "").strip()
@@ -163,7 +167,7 @@ def print_table(results: dict) -> None:
     print(f"Images/s at {results['size']}x{results['size']}, batch {results['batch']}, float32, "
           f"on {results['device']} (median of {results['repeats']}, range):")  # fmt: skip
     table = results["images_per_second"]
-    for name in MODELS:
+    for name in table["vgg_jax"]:
         for mode in MODES:
             cells = []
             for column, rows in table.items():
@@ -178,7 +182,7 @@ def print_table(results: dict) -> None:
 
 def ratios(table: dict) -> dict:
     found = {}
-    for name in MODELS:
+    for name in table["vgg_jax"]:
         for mode in MODES:
             ours = table["vgg_jax"][name][mode]["median"]
             for column in (
@@ -210,7 +214,7 @@ def main(argv=None) -> dict:
             ("torchvision NCHW", False),
         ):
             table[column] = {name: rates(torch_functions(name, args, channels_last), args)
-                             for name in MODELS}  # fmt: skip
+                             for name in args.models.split(",")}  # fmt: skip
         table["vgg_jax, XLA's fusions"] = xla_default_rows(args)
     results = {
         "size": args.size, "batch": args.batch, "repeats": args.repeats, "cores": cores,
