@@ -252,7 +252,10 @@ def read_config(config) -> TrainingConfig:
     problem = _first_problem(fields)
     if problem is not None:
         raise ConfigError(problem)
-    return _sections({**fields, "normalization": _normalization(fields)})
+    normalization, problem = _normalization(fields)
+    if problem is not None:
+        raise ConfigError(problem)
+    return _sections({**fields, "normalization": normalization})
 
 
 def read_saved_config(saved: Mapping[str, Any]) -> TrainingConfig:
@@ -324,27 +327,19 @@ def _first_problem(fields: dict) -> str | None:
             f"{', '.join(layers)}."
         )
     rest = {name: rule for name, rule in RULES.items() if name not in choices}
-    return (
-        first_problem(fields, rest, "config.")
-        or _augmentation_problem(fields)
-        or _normalization_problem(fields)
-    )
+    return first_problem(fields, rest, "config.") or _augmentation_problem(fields)
 
 
-def _normalization(fields: dict) -> str:
-    """config.normalization as given, or for "auto" what config.init_from's weights expect
-    (ImageNet's where it names none)."""
-    if fields["normalization"] != "auto":
-        return fields["normalization"]
-    return expected_normalization(fields["init_from"]) or "imagenet"
-
-
-def _normalization_problem(fields: dict) -> str | None:
+def _normalization(fields: dict) -> tuple[str, str | None]:
+    """(config.normalization as given, or for "auto" what config.init_from's weights expect,
+    ImageNet's where it names none; the problem where one is given against theirs)."""
     given, init_from = fields["normalization"], fields["init_from"]
-    expected = expected_normalization(init_from)
-    if given in ("auto", expected) or expected is None:
-        return None
-    return (
+    expected = expected_normalization(init_from)  # a work directory's config.json, read once
+    if given == "auto":
+        return expected or "imagenet", None
+    if expected is None or given == expected:
+        return given, None
+    return given, (
         f"config.normalization={given!r} is not the normalisation the weights of "
         f"config.init_from={init_from!r} expect ({expected!r}): leave it 'auto' to use theirs."
     )
