@@ -56,6 +56,7 @@ _SOURCES = {
     "vgg_jax.model.costs": ("count_params", "layer_table"),
     "vgg_jax.model.initializers": ("INIT_SCHEMES",),
     "vgg_jax.model.layers": ("local_response_norm",),
+    "vgg_jax.model.nnx_bridge": ("to_nnx",),
     "vgg_jax.model.vgg": (
         "VGG", "create_model", "vgg11", "vgg11_bn", "vgg11_lrn", "vgg13", "vgg13_bn", "vgg16",
         "vgg16_1x1", "vgg16_bn", "vgg19", "vgg19_bn",
@@ -106,6 +107,7 @@ __all__ = [
     "protocol_posteriors",
     "save_safetensors",
     "style_loss",
+    "to_nnx",
     "vgg11",
     "vgg11_bn",
     "vgg11_lrn",
@@ -151,6 +153,9 @@ if TYPE_CHECKING:  # what static readers (the API reference's griffe, IDEs) foll
     )
     from vgg_jax.model.layers import (
         local_response_norm,
+    )
+    from vgg_jax.model.nnx_bridge import (
+        to_nnx,
     )
     from vgg_jax.model.vgg import (
         VGG,

@@ -1,6 +1,7 @@
-"""Fine-tuning published weights with train.py, run end to end on the digits: transfer beats
-random weights, the Caffe weights train and evaluate with their own normalisation, and a
-fine-tuning run killed and resumed is bit-identical to one left alone, without its weights file.
+"""Fine-tuning published weights with train.py, run end to end on the digits: features learnt
+on other digits beat random ones, the Caffe weights train and evaluate with their own
+normalisation, and a fine-tuning run killed and resumed is bit-identical to one left alone,
+without its weights file.
 """
 
 import json
@@ -37,12 +38,15 @@ from vgg_jax.weights.pretrained import save_safetensors
 # starts fresh (with 5 and 5 classes it would be copied).
 SOURCE_DIGITS, TARGET_DIGITS = range(6), range(6, 10)
 TARGET_TRAIN_PER_CLASS = 16  # few examples, where starting from trained weights matters
-# Top-1 on the 6-9 test images after 20 steps (the best of 5 evaluations) on a 2-core CPU, from
-# the file against from random weights, by config.seed: 0.86/0.55, 0.85/0.61, 0.88/0.59,
-# 0.79/0.67, 0.75/0.75 for seeds 0-4 (XLA:CPU with its YNNPACK fusions). The run from random
-# weights can catch up (seed 4), and the lead at the default seed 0 moves with the compiler's
-# rounding: 0.27 and 0.135 under two XLA:CPU settings. The bound is what holds at seed 0.
-TRANSFER_MARGIN = 0.05
+# Top-1 on the 6-9 test images of a classifier trained 20 steps on fc7's features (the best of
+# 5 evaluations), on the file's features against random ones, by config.seed, on a 2-core CPU:
+# 0.58/0.42, 0.54/0.26, 0.68/0.29, 0.65/0.26, 0.59/0.23 for seeds 0-4 on one device, the
+# least lead 0.16; 0.64/0.42 at seed 0 under pytest's 4. Random features, batch norm frozen at
+# its initial statistics, barely vary from image to image: on them the loss stays at ln 4.
+# Fine-tuning every layer shows no such lead on these digits: from random weights, a network
+# learns 6-9 from 64 images in 20 steps as well as from the file (0.83-0.91 against
+# 0.82-0.93 top-1 over the same seeds, at a tenth of this rate), so it is not what is tested.
+TRANSFER_MARGIN = 0.1
 
 
 def write_digit_folders(root: pathlib.Path, digits, train_per_class: int | None = None):
@@ -79,28 +83,30 @@ def folder_config(dataset, **overrides):
 
 @pytest.fixture(scope="module")
 def source_weights(tmp_path_factory):
-    """A net trained for 2 epochs on digits 0-5, saved as torchvision-layout safetensors."""
+    """A net trained for 2 epochs on digits 0-5 (96% top-1 on their test images), saved as
+    torchvision-layout safetensors."""
     root = tmp_path_factory.mktemp("source")
     folder = write_digit_folders(root / "digits", SOURCE_DIGITS)
-    train_and_evaluate(folder_config(folder, num_epochs=2), root / "run")
+    train_and_evaluate(folder_config(folder, num_epochs=2, learning_rate=0.1), root / "run")
     variables, saved, _ = read_trained_variables(root / "run")
     path = root / "digits0-5.safetensors"
     save_safetensors(variables, read_saved_config(saved).model.build(len(SOURCE_DIGITS)), path)
     return path
 
 
-def test_fine_tuning_from_weights_beats_the_same_run_from_random_weights(
+def test_a_classifier_on_the_files_features_beats_one_on_random_features(
     source_weights, tmp_path
 ):
     folder = write_digit_folders(tmp_path / "digits", TARGET_DIGITS, TARGET_TRAIN_PER_CLASS)
     top1 = {}
     for start in (str(source_weights), ""):
-        config = folder_config(folder, init_from=start, batch_size=16, num_epochs=5)
+        config = folder_config(folder, init_from=start, trainable="classifier", batch_size=16,
+                               num_epochs=5)  # fmt: skip
         summary = train_and_evaluate(config, tmp_path / f"from {start or 'random'}")
         assert summary["step"] == 20
         top1[start] = summary["best_top1_accuracy"]
-    print(f"top-1 after 20 steps: from the file {top1[str(source_weights)]:.3f}, "
-          f"from random weights {top1['']:.3f}")  # fmt: skip
+    print(f"top-1 after 20 steps: on the file's features {top1[str(source_weights)]:.3f}, "
+          f"on random ones {top1['']:.3f}")  # fmt: skip
     assert top1[str(source_weights)] - top1[""] >= TRANSFER_MARGIN
     log = (tmp_path / f"from {source_weights}" / "train.log").read_text()
     assert "the classifier (fc8) starts fresh, sized for this data set's classes" in log

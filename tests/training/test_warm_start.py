@@ -4,6 +4,7 @@ work refused before anything is read, and the images normalised as the weights e
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from vgg_jax.data.normalization import CAFFE_NORMALIZATION, NORMALIZATIONS, Norm
 from vgg_jax.training import warm_start
 from vgg_jax.training.reports import TrainingError
 from vgg_jax.training.sections import read_config, read_saved_config
-from vgg_jax.training.start import start_from_weights, validate_config
+from vgg_jax.training.start import check_same_architecture, start_from_weights, validate_config
 from vgg_jax.training.steps import init_training, pmapped_steps
 from vgg_jax.weights.pretrained import save_safetensors
 
@@ -143,6 +144,29 @@ def test_a_normalisation_against_the_weights_is_refused_in_one_line():
     assert validate_config(config).data.normalization == "caffe"
     with pytest.raises(TrainingError, match="config.normalization must be one of auto, "):
         validate_config(small_config(normalization="torch"))
+
+
+def test_a_resume_keeps_the_normalisation_its_checkpoints_trained_with(tmp_path):
+    """A run started from a work directory that recorded Caffe's; that directory deleted since,
+    "auto" resolves to ImageNet's."""
+    gone = str(tmp_path / "deleted run")
+    checkpoints = SimpleNamespace(directory=tmp_path / "checkpoints")
+    record = {"config": {**read_config(small_config(init_from=gone)).fields,
+                         "normalization": "caffe"}}  # fmt: skip
+    with pytest.raises(TrainingError) as error:
+        check_same_architecture(read_config(small_config(init_from=gone)), checkpoints, record)
+    assert str(error.value) == (
+        f"{checkpoints.directory} holds checkpoints trained on images normalised as 'caffe', "
+        f"but this run's config.normalization is 'imagenet' (config.init_from={gone!r}): pass "
+        "--config.normalization=caffe to resume it."
+    )
+    resumable = read_config(small_config(init_from=gone, normalization="caffe"))
+    check_same_architecture(resumable, checkpoints, record)
+    # A checkpoint that records none trained with ImageNet's.
+    del record["config"]["normalization"]
+    check_same_architecture(read_config(small_config(init_from=gone)), checkpoints, record)
+    with pytest.raises(TrainingError, match="normalised as 'imagenet'"):
+        check_same_architecture(resumable, checkpoints, record)
 
 
 def test_the_train_and_eval_steps_take_the_configured_normalisation():

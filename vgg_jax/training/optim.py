@@ -32,8 +32,14 @@ def scaled_learning_rate(base_learning_rate: float, batch_size: int) -> float:
 
 
 def kernel_mask(params) -> dict:
-    """True for conv and FC kernels, False for biases and BatchNorm scales and offsets."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+    """True for conv and FC kernels, False for biases and BatchNorm scales and offsets; for
+    linen's params and NNX's (where the array sits one step below its name, in a Variable)."""
+
+    def is_kernel(path, _) -> bool:
+        names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey)]
+        return names[-1] == "kernel"
+
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
 def learning_rate_schedule(

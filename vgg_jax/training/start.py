@@ -229,6 +229,15 @@ def check_same_architecture(
             + "; ".join(differences)
             + "). Use another --workdir, or delete that folder to start over."
         )
+    # "auto" is resolved from config.init_from, which may name nothing any more on a resume.
+    trained_with = saved.get("normalization", "imagenet")  # runs before the field: ImageNet's
+    if trained_with != fields["normalization"]:
+        raise TrainingError(
+            f"{checkpoints.directory} holds checkpoints trained on images normalised as "
+            f"{trained_with!r}, but this run's config.normalization is "
+            f"{fields['normalization']!r} (config.init_from={fields['init_from']!r}): pass "
+            f"--config.normalization={trained_with} to resume it."
+        )
 
 
 def start_from_weights(config: TrainingConfig, state):
