@@ -1,7 +1,7 @@
 """VGG16 and VGG16-BN on a CPU: vgg_jax against torchvision in one run on the same cores, for
 inference (the logits), features to conv5_3 and to fc7, and one fine-tuning train step
 (forward + backward + SGD with momentum); then vgg_jax with XLA's own YNNPACK fusions (what
-`import vgg_jax` turns off: vgg_jax.environment.limit_ynn_to_convolutions), and the LPIPS and DISTS
+`import vgg_jax` turns off: vgg_jax.environment.turn_off_ynn_fusions), and the LPIPS and DISTS
 rows of benchmarks.lpips_speed.
 
     python -m benchmarks.cpu_speed                  # 224x224, batch 8, float32
@@ -153,9 +153,9 @@ def xla_default_rows(args) -> dict:
         command = [sys.executable, "-m", "benchmarks.cpu_speed", "--jax-only", "--json", str(out),
                    f"--size={args.size}", f"--batch={args.batch}", f"--steps={args.steps}",
                    f"--repeats={args.repeats}", f"--models={args.models}"]  # fmt: skip
-        from vgg_jax.environment import KEEP_YNN_FUSIONS, YNN_CONVOLUTIONS_ONLY
+        from vgg_jax.environment import KEEP_YNN_FUSIONS, NO_YNN_FUSIONS
 
-        flags = os.environ.get("XLA_FLAGS", "").replace(YNN_CONVOLUTIONS_ONLY, "").strip()
+        flags = os.environ.get("XLA_FLAGS", "").replace(NO_YNN_FUSIONS, "").strip()
         env = {**os.environ, KEEP_YNN_FUSIONS: "1", "XLA_FLAGS": flags}
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode:

@@ -105,11 +105,12 @@ def relative_error(actual, expected):
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
 
 
-def input_gradient(metric, variables, images0, images1):
+def input_gradient(metric, variables, images0, images1, compiler_options=None):
     """d sum(metric(x, images1)) / dx at images0, the variables an argument (not folded into
     the compiled program as constants, which slows XLA's compilation by minutes)."""
     loss = lambda x, v: metric.apply(v, x, images1, reduction="sum")  # noqa: E731
-    return np.asarray(jax.jit(jax.grad(loss))(images0, variables), np.float64)
+    gradient = jax.jit(jax.grad(loss), compiler_options=compiler_options)
+    return np.asarray(gradient(images0, variables), np.float64)
 
 
 def tree_relative_error(actual, expected):

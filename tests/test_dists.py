@@ -13,6 +13,7 @@ from safetensors.numpy import save_file
 
 import vgg_jax
 from vgg_jax import dists, perceptual
+from vgg_jax.environment import YNN_CONVOLUTIONS_FOR_FLOAT64
 from vgg_jax.model.layers import l2_pool_hann
 from vgg_jax.weights.convert import ConversionError
 
@@ -77,7 +78,8 @@ def test_dists_gradients_equal_the_reference_in_float64_and_within_float32_round
         wide = dists.DISTS(module.backbone.clone(dtype=jnp.float64, param_dtype=jnp.float64))
         wide_variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
         wide_ours = input_gradient(
-            wide, wide_variables, images0.astype(np.float64), images1.astype(np.float64)
+            wide, wide_variables, images0.astype(np.float64), images1.astype(np.float64),
+            compiler_options=YNN_CONVOLUTIONS_FOR_FLOAT64,  # XLA's own are tens of times slower
         )
     for index in range(len(pairs)):
         assert relative_error(wide_ours[index], exact[index]) < 1e-5, index

@@ -9,8 +9,8 @@ from helpers import run_python
 
 from vgg_jax.environment import (
     KEEP_YNN_FUSIONS,
-    YNN_CONVOLUTIONS_ONLY,
-    limit_ynn_to_convolutions,
+    NO_YNN_FUSIONS,
+    turn_off_ynn_fusions,
     unmet_requirements,
 )
 
@@ -95,7 +95,7 @@ def test_libtpus_environment_is_left_to_the_user_and_to_tpu_machines(monkeypatch
     assert not environment.quiet_libtpu_without_tpu(environ) and environ == {}
 
 
-# ------------------------------------------------- XLA:CPU's YNNPACK fusions (limit_ynn_to_convolutions)
+# ------------------------------------------------- XLA:CPU's YNNPACK fusions (turn_off_ynn_fusions)
 
 CONV_KERNEL = re.compile(r"__params____conv\d+_\d+____kernel__")
 FC_KERNEL = re.compile(r"__params____fc[678]____kernel__")
@@ -125,28 +125,28 @@ def fusions_of_conv_and_fc_kernels(hlo: str) -> list[str]:
 def test_vgg16s_compiled_cpu_program_keeps_the_conv_stack_out_of_the_classifier():
     namespace = {}
     exec(VGG16_LOGITS_HLO.replace("print(hlo)", ""), namespace)
-    assert YNN_CONVOLUTIONS_ONLY in os.environ["XLA_FLAGS"]  # set by `import vgg_jax`
+    assert f"{NO_YNN_FUSIONS} " in os.environ["XLA_FLAGS"] + " "  # set by `import vgg_jax`
     assert fusions_of_conv_and_fc_kernels(namespace["hlo"]) == []
     # XLA's own choice, where a user keeps it, is the one fusion that takes in them all.
     kept = run_python("-c", VGG16_LOGITS_HLO,
                       env={**os.environ, KEEP_YNN_FUSIONS: "1", "XLA_FLAGS": ""})  # fmt: skip
     assert kept.returncode == 0, kept.stderr[-3000:]
-    assert YNN_CONVOLUTIONS_ONLY not in kept.stdout
+    assert NO_YNN_FUSIONS not in kept.stdout
     assert len(fusions_of_conv_and_fc_kernels(kept.stdout)) == 1
 
 
 def test_the_users_own_ynn_setting_and_the_opt_out_are_kept():
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    assert limit_ynn_to_convolutions(environ, jax_started=False)
-    expected = f"--xla_force_host_platform_device_count=2 {YNN_CONVOLUTIONS_ONLY}"
+    assert turn_off_ynn_fusions(environ, jax_started=False)
+    expected = f"--xla_force_host_platform_device_count=2 {NO_YNN_FUSIONS}"
     assert environ["XLA_FLAGS"] == expected
-    assert not limit_ynn_to_convolutions(environ, jax_started=False)  # once is enough
-    assert environ["XLA_FLAGS"].count(YNN_CONVOLUTIONS_ONLY) == 1
+    assert not turn_off_ynn_fusions(environ, jax_started=False)  # once is enough
+    assert environ["XLA_FLAGS"].count(NO_YNN_FUSIONS) == 1
     chosen = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
-    assert not limit_ynn_to_convolutions(chosen, jax_started=False)
+    assert not turn_off_ynn_fusions(chosen, jax_started=False)
     assert chosen["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
     kept = {KEEP_YNN_FUSIONS: "1"}
-    assert not limit_ynn_to_convolutions(kept, jax_started=False) and "XLA_FLAGS" not in kept
+    assert not turn_off_ynn_fusions(kept, jax_started=False) and "XLA_FLAGS" not in kept
 
 
 def test_importing_vgg_jax_after_jax_started_on_a_cpu_says_what_to_do():

@@ -32,13 +32,13 @@ from vgg_jax._submodules import submodule_loader
 from vgg_jax.environment import (
     check_requirements,
     quiet_libtpu_without_tpu,
-    limit_ynn_to_convolutions,
+    turn_off_ynn_fusions,
 )
 
 # Before jax is imported: an older jax or flax than vgg_jax needs would fail later, naming neither.
 check_requirements()
 quiet_libtpu_without_tpu()
-limit_ynn_to_convolutions()
+turn_off_ynn_fusions()
 
 # Each public name and the module it lives in, imported on first use (PEP 562), so that the
 # commands answer --help and argument errors before jax (a second) is imported.

@@ -10,7 +10,7 @@ is not reported here: the model, the weights and LPIPS run without TensorFlow, a
 of training, the input pipeline and evaluation call require_training_libraries() first.
 
 Also the environment JAX starts in, set before it starts: libtpu's on a machine without a TPU,
-and XLA:CPU's flags for VGG (limit_ynn_to_convolutions).
+and XLA:CPU's flags for VGG (turn_off_ynn_fusions).
 """
 
 from __future__ import annotations
@@ -61,11 +61,17 @@ LIBTPU_WITHOUT_TPU = {
 # XLA:CPU (jaxlib 0.10) wraps the product of VGG's fc7 in one YNNPACK fusion together with
 # everything that produces its input, up to the image: every convolution of the network runs
 # inside that fusion, at under half the speed of the same program without it (VGG16's logits:
-# docs/performance.md). YNNPACK for each convolution alone, and no fusions, keeps them out; it
-# keeps YNNPACK's float64 convolutions too, which without it run tens of times slower. The
-# flag is read once, when JAX starts its CPU backend; other backends ignore xla_cpu_ flags.
+# docs/performance.md). With no YNNPACK fusions at all, XLA's own float32 and bfloat16
+# convolutions run, faster again than YNNPACK's single ones (twice as fast in a VGG16 training
+# step, whose weight gradients YNNPACK computes slowly). Its float64 convolutions are tens of
+# times slower than YNNPACK's: a float64 computation takes YNNPACK back for itself with
+# `jax.jit(..., compiler_options=YNN_CONVOLUTIONS_FOR_FLOAT64)`. The flag is read once, when
+# JAX starts its CPU backend; other backends ignore xla_cpu_ flags.
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-YNN_CONVOLUTIONS_ONLY = f"{YNN_FUSION_FLAG}=individual_convolution"
+NO_YNN_FUSIONS = f"{YNN_FUSION_FLAG}="
+YNN_CONVOLUTIONS_FOR_FLOAT64 = {
+    YNN_FUSION_FLAG.lstrip("-"): "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+}
 # Set (to anything) to keep XLA's own YNNPACK fusions.
 KEEP_YNN_FUSIONS = "VGG_JAX_KEEP_YNN_FUSIONS"
 
@@ -188,15 +194,14 @@ def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
     return True
 
 
-def limit_ynn_to_convolutions(environ=os.environ, jax_started: bool | None = None) -> bool:
-    """Adds YNN_CONVOLUTIONS_ONLY (YNNPACK for single convolutions, no fusions) to XLA_FLAGS,
-    unless the flag is there already (the user's choice) or KEEP_YNN_FUSIONS is set; True where
-    it did. Runs on `import vgg_jax`; where JAX has started its backends already (`jax_started`:
+def turn_off_ynn_fusions(environ=os.environ, jax_started: bool | None = None) -> bool:
+    """Adds NO_YNN_FUSIONS to XLA_FLAGS, unless the flag is there already (the user's choice)
+    or KEEP_YNN_FUSIONS is set; True where it did. Runs on `import vgg_jax`; where JAX has started its backends already (`jax_started`:
     asked of JAX by default) it is too late, and a CPU backend gets a warning that says so."""
     flags = environ.get("XLA_FLAGS", "")
     if YNN_FUSION_FLAG in flags or KEEP_YNN_FUSIONS in environ:
         return False
-    environ["XLA_FLAGS"] = f"{flags} {YNN_CONVOLUTIONS_ONLY}".strip()
+    environ["XLA_FLAGS"] = f"{flags} {NO_YNN_FUSIONS}".strip()
     bridge = sys.modules.get("jax._src.xla_bridge")
     if jax_started is None:
         jax_started = bridge is not None and bridge.backends_are_initialized()
@@ -208,7 +213,7 @@ def limit_ynn_to_convolutions(environ=os.environ, jax_started: bool | None = Non
         warnings.warn(
             f"JAX started before vgg_jax was imported, so XLA:CPU keeps the YNNPACK fusion that "
             f"runs VGG at half speed: import vgg_jax before JAX runs anything, or set "
-            f"XLA_FLAGS={YNN_CONVOLUTIONS_ONLY} before Python starts (docs/performance.md).",
+            f"XLA_FLAGS={NO_YNN_FUSIONS} before Python starts (docs/performance.md).",
             stacklevel=3,
         )
     return False

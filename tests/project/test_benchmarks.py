@@ -183,6 +183,23 @@ def test_lpips_backward_breakdown_prints_every_section_with_positive_figures(tmp
     assert facts["per-op events"] > 0
 
 
+def test_train_step_breakdown_finds_every_kind_of_convolution_on_both_sides(tmp_path):
+    completed = run_python("-m", "benchmarks.train_step_breakdown", "--quick",
+                           "--json", tmp_path / "step.json")  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "step.json").read_text())
+    assert len(results["wall seconds"]) == 3
+    assert all(figure["median"] > 0 for figure in results["wall seconds"].values())
+    profiles = results["profile ms"]
+    for setting in ("vgg_jax, no YNNPACK fusions", "vgg_jax, YNNPACK convolutions"):
+        for kind in ("forward", "input-gradient", "weight-gradient"):
+            assert profiles[setting][f"convolution {kind}"]["median"] > 0, (setting, kind)
+    torch = profiles["torchvision, channels_last"]
+    assert torch["convolution forward"]["median"] > 0
+    assert torch["convolution backward (both gradients)"]["median"] > 0
+    assert "sum of the groups" in completed.stdout
+
+
 def test_every_listed_mutant_applies_to_the_tree_and_answers_to_existing_tests():
     """benchmarks/mutation.py's bugs still fit the code (each text once in its module) and
     each module's tests exist: a rewrite that leaves a mutant stale fails here, not silently."""

@@ -45,7 +45,7 @@ TARGET_TRAIN_PER_CLASS = 16  # few examples, where starting from trained weights
 # its initial statistics, barely vary from image to image: on them the loss stays at ln 4.
 # Fine-tuning every layer shows no such lead on these digits: from random weights, a network
 # learns 6-9 from 64 images in 20 steps as well as from the file (0.83-0.91 against
-# 0.82-0.93 top-1 over the same seeds, at a tenth of this rate), so it is not what is tested.
+# 0.82-0.93 top-1 over the same seeds, at learning_rate 0.1), so it is not what is tested.
 TRANSFER_MARGIN = 0.1
 
 
