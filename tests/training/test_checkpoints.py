@@ -51,7 +51,7 @@ def test_the_best_checkpoint_survives_a_resume_whatever_its_metrics_file(
 def test_the_best_checkpoint_is_the_latest_of_equals_and_stays_on_disk(
     digits_dir, tmp_path, monkeypatch
 ):
-    """The issue's case: top-1 ties over several epochs while mid-epoch saves push old
+    """Top-1 ties over several epochs while mid-epoch saves push old
     checkpoints out, and the run is resumed in between. The summary's best, the one kept on
     disk and --checkpoint=best must be one step: the latest of the equals."""
     from vgg_jax.training import loop

@@ -34,7 +34,7 @@ def largest_data_file(workdir, step) -> pathlib.Path:
 
 
 def overwrite_4kb(workdir, step):
-    """The issue's damage: random bytes over the middle of a data file, its size kept."""
+    """Silent damage: random bytes over the middle of a data file, its size kept."""
     file = largest_data_file(workdir, step)
     data = bytearray(file.read_bytes())
     middle = len(data) // 2
@@ -270,7 +270,7 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(finished, digits_dir, tmp_pat
 def test_a_second_run_on_a_work_directory_is_refused_and_the_first_keeps_its_work(
     uninterrupted_run, digits_dir, tmp_path
 ):
-    """A requeued job started while the first still runs (another seed, as the issue's case):
+    """A requeued job started while the first still runs (another seed):
     the second exits at once with 75, naming the first; the first finishes with the result
     of an uninterrupted run, its checkpoints, config.json and summary.json its own."""
     first = start_train_py(*tiny_flags(tmp_path, digits_dir), fault="delay_save:2",
