@@ -70,3 +70,42 @@ def test_a_lrn_normalises_conv1_1_before_pool1():
     np.testing.assert_array_equal(feats["pool1"], pooled)
     # LRN really changes the activations at these magnitudes, so the check above has teeth.
     assert not np.allclose(feats["lrn1"], feats["conv1_1"], rtol=1e-3)
+
+
+# ----------------------------------------------------- max pooling: a reshape on CPU
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pooling_and_its_gradient_equal_reduce_windows_ties_and_odd_sides_included(dtype):
+    """On CPU max_pool_2x2 is a reshape whose gradient goes to each window's first maximum in
+    row-major order: what XLA's select-and-scatter gives flax's nn.max_pool, bit for bit."""
+    from flax import linen as nn
+
+    from vgg_jax.model.layers import max_pool_2x2
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    relu_out = jax.nn.relu(jax.random.normal(keys[0], (2, 9, 11, 5)))  # zeros tie in windows
+    rounded = jnp.round(2 * jax.random.uniform(keys[1], (2, 9, 11, 5)))  # positive ties too
+    reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    for x in (relu_out.astype(dtype), rounded.astype(dtype)):
+        weights = jnp.cos(jnp.arange(2 * 4 * 5 * 5, dtype=jnp.float32)).reshape(2, 4, 5, 5)
+        for pool in (max_pool_2x2, reference):
+            assert pool(x).shape == (2, 4, 5, 5) and pool(x).dtype == dtype
+        np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+        gradient = lambda pool: jax.jit(jax.grad(  # noqa: E731
+            lambda x: jnp.sum(pool(x).astype(jnp.float32) * weights)))(x)  # fmt: skip
+        got, want = gradient(max_pool_2x2), gradient(reference)
+        assert np.count_nonzero(np.asarray(want, np.float32)) == 2 * 4 * 5 * 5
+        np.testing.assert_array_equal(got, want)
+    # Forward-mode differentiation works as well (a custom JVP, not a custom VJP).
+    _, tangent = jax.jvp(max_pool_2x2, (rounded,), (jnp.ones_like(rounded),))
+    np.testing.assert_array_equal(tangent, np.ones((2, 4, 5, 5)))
+
+
+def test_max_pooling_stays_a_reduce_window_off_the_cpu():
+    from vgg_jax.model.layers import max_pool_2x2
+
+    x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+    for platform, reduce_window in (("tpu", True), ("cuda", True), ("cpu", False)):
+        lowered = jax.jit(max_pool_2x2).trace(x).lower(lowering_platforms=(platform,))
+        assert ("reduce_window" in lowered.as_text()) is reduce_window, platform

@@ -52,8 +52,39 @@ def relu(x: jax.Array) -> jax.Array:
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """The paper's max-pooling: 2x2 windows, stride 2; an odd last row or column is dropped."""
+    """The paper's max-pooling: 2x2 windows, stride 2; an odd last row or column is dropped.
+    On CPU computed as a reshape: XLA:CPU's gradient of a reduce-window (a reduce-window over
+    indices and a scatter) takes twice as long (docs/performance.md)."""
+    return jax.lax.platform_dependent(x, cpu=_max_pool_2x2_by_reshape, default=_max_pool_2x2)
+
+
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def _corners(x: jax.Array) -> tuple[jax.Array, ...]:
+    """Each 2x2 window's four values, in row-major order, as four (N, H/2, W/2, C) arrays."""
+    n, h, w, c = x.shape
+    windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+    return tuple(windows[:, :, row, :, column] for row in (0, 1) for column in (0, 1))
+
+
+@jax.custom_jvp
+def _max_pool_2x2_by_reshape(x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+@_max_pool_2x2_by_reshape.defjvp
+def _max_pool_2x2_by_reshape_jvp(primals, tangents):
+    # The first maximum in row-major order takes the tangent, as XLA's select-and-scatter
+    # does: the gradient equals nn.max_pool's bit for bit, ties included.
+    (x,), (tangent,) = primals, tangents
+    pooled = _max_pool_2x2_by_reshape(x)
+    (x00, x01, x10, _), (t00, t01, t10, t11) = _corners(x), _corners(tangent)
+    chosen = jnp.where(x10 == pooled, t10, t11)
+    chosen = jnp.where(x01 == pooled, t01, chosen)
+    return pooled, jnp.where(x00 == pooled, t00, chosen)
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
