@@ -120,8 +120,8 @@ def breakdown(args) -> dict:
     runs = collections.defaultdict(lambda: collections.defaultdict(list))
     with tempfile.TemporaryDirectory() as temporary:
         for repeat in range(args.repeats):
-            for name, gradient in gradients.items():
-                folder = pathlib.Path(temporary) / f"{repeat}{len(runs)}"
+            for index, (name, gradient) in enumerate(gradients.items()):
+                folder = pathlib.Path(temporary) / f"{repeat}-{index}"  # one trace in each
                 times, wall, _ = jax_profile(gradient, inputs, folder)
                 times["not attributed"] = max(wall - sum(times.values()), 0.0)
                 for group, ms in times.items():

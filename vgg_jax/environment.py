@@ -196,8 +196,9 @@ def quiet_libtpu_without_tpu(environ=os.environ) -> bool:
 
 def turn_off_ynn_fusions(environ=os.environ, jax_started: bool | None = None) -> bool:
     """Adds NO_YNN_FUSIONS to XLA_FLAGS, unless the flag is there already (the user's choice)
-    or KEEP_YNN_FUSIONS is set; True where it did. Runs on `import vgg_jax`; where JAX has started its backends already (`jax_started`:
-    asked of JAX by default) it is too late, and a CPU backend gets a warning that says so."""
+    or KEEP_YNN_FUSIONS is set; True where it did. Runs on `import vgg_jax`; where JAX has
+    started its backends already (`jax_started`: asked of JAX by default) it is too late, and a
+    CPU backend gets a warning that says so."""
     flags = environ.get("XLA_FLAGS", "")
     if YNN_FUSION_FLAG in flags or KEEP_YNN_FUSIONS in environ:
         return False

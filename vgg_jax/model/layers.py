@@ -62,17 +62,21 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
+def _windows(x: jax.Array) -> jax.Array:
+    """(N, H/2, 2, W/2, 2, C): each 2x2 window's rows on axis 2 and columns on axis 4."""
+    n, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
 def _corners(x: jax.Array) -> tuple[jax.Array, ...]:
     """Each 2x2 window's four values, in row-major order, as four (N, H/2, W/2, C) arrays."""
-    n, h, w, c = x.shape
-    windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+    windows = _windows(x)
     return tuple(windows[:, :, row, :, column] for row in (0, 1) for column in (0, 1))
 
 
 @jax.custom_jvp
 def _max_pool_2x2_by_reshape(x: jax.Array) -> jax.Array:
-    n, h, w, c = x.shape
-    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return _windows(x).max(axis=(2, 4))
 
 
 @_max_pool_2x2_by_reshape.defjvp

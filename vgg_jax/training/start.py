@@ -36,6 +36,7 @@ from vgg_jax.training.sections import (
     TrainingConfig,
     check_for_devices,
     read_config,
+    read_saved_config,
 )
 from vgg_jax.training.steps import init_training, model_variables, pmapped_steps
 from vgg_jax.training.workdir import (
@@ -230,7 +231,7 @@ def check_same_architecture(
             + "). Use another --workdir, or delete that folder to start over."
         )
     # "auto" is resolved from config.init_from, which may name nothing any more on a resume.
-    trained_with = saved.get("normalization", "imagenet")  # runs before the field: ImageNet's
+    trained_with = read_saved_config(saved).data.normalization
     if trained_with != fields["normalization"]:
         raise TrainingError(
             f"{checkpoints.directory} holds checkpoints trained on images normalised as "
